@@ -1,0 +1,432 @@
+"""Settings: every setting declared once, with its default, type and doc.
+
+The declarations below are the single source of truth: loading, validation,
+environment overrides (``LEXICONS_<NAME>``), ``lexiconsd settings`` and the
+settings reference in README.md all read them.
+
+A settings *file* is an ordinary Python module (``settings.py``) that assigns
+upper-case names; it only needs the names it changes. Precedence, lowest
+first: declared default, settings file, environment, explicit overrides.
+
+Relative paths are resolved against the working directory at load time, before
+the daemon changes directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import runpy
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import SettingsError
+
+ENV_PREFIX = "LEXICONS_"
+
+
+# --- kinds: how a value is parsed from text and checked -----------------------------
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A type of setting: checks a Python value and parses an environment string."""
+
+    name: str
+    check: Callable[[Any], Any]
+    parse: Callable[[str], Any]
+
+
+def _fail(expected: str, value: Any) -> SettingsError:
+    return SettingsError(f"expected {expected}, got {value!r}")
+
+
+def integer(low: int | None = None, high: int | None = None) -> Kind:
+    """An int, optionally bounded (inclusive)."""
+    what = "an integer" + (
+        f" from {low} to {high}" if low is not None and high is not None
+        else f" >= {low}" if low is not None else "")
+
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(what, value)
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise _fail(what, value)
+        return value
+
+    def parse(text: str) -> int:
+        try:
+            return check(int(text.strip()))
+        except ValueError:
+            raise _fail(what, text) from None
+
+    return Kind(what, check, parse)
+
+
+def number(low: float | None = None) -> Kind:
+    """A float (ints accepted), optionally with a lower bound."""
+    what = "a number" + (f" >= {low}" if low is not None else "")
+
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _fail(what, value)
+        if low is not None and value < low:
+            raise _fail(what, value)
+        return float(value)
+
+    def parse(text: str) -> float:
+        try:
+            return check(float(text.strip()))
+        except ValueError:
+            raise _fail(what, text) from None
+
+    return Kind(what, check, parse)
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _check_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail("true or false", value)
+    return value
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise _fail("true or false (1/0, yes/no, on/off)", text)
+
+
+BOOL = Kind("true or false", _check_bool, _parse_bool)
+
+
+def _check_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _fail("a string", value)
+    return value
+
+
+STR = Kind("a string", _check_str, lambda text: text)
+
+
+def choice(*values: str) -> Kind:
+    """One of a fixed set of strings (case-insensitive from the environment)."""
+    what = "one of " + ", ".join(values)
+
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or value not in values:
+            raise _fail(what, value)
+        return value
+
+    def parse(text: str) -> str:
+        text = text.strip()
+        for v in values:
+            if v.lower() == text.lower():
+                return v
+        raise _fail(what, text)
+
+    return Kind(what, check, parse)
+
+
+def _check_str_list(value: Any) -> list[str]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise _fail("a list of strings", value)
+    items = list(value)
+    if not all(isinstance(item, str) for item in items):
+        raise _fail("a list of strings", value)
+    return items
+
+
+def _parse_str_list(text: str) -> list[str]:
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            return _check_str_list(json.loads(text))
+        except json.JSONDecodeError:
+            raise _fail("a JSON list of strings or comma-separated words", text) from None
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+STR_LIST = Kind("a list of strings", _check_str_list, _parse_str_list)
+
+
+def _check_dict(value: Any) -> dict:
+    if not isinstance(value, Mapping):
+        raise _fail("a mapping", value)
+    return dict(value)
+
+
+def _parse_dict(text: str) -> dict:
+    try:
+        return _check_dict(json.loads(text))
+    except json.JSONDecodeError:
+        raise _fail("a JSON object", text) from None
+
+
+DICT = Kind("a mapping", _check_dict, _parse_dict)
+
+
+def path() -> Kind:
+    """A filesystem path; relative paths are made absolute at load time."""
+    return Kind("a path", _check_str, lambda text: text)
+
+
+PATH = path()
+
+
+# --- declarations ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its name, default, kind and a one-line doc."""
+
+    name: str
+    default: Any
+    kind: Kind
+    doc: str
+    section: str = "daemon"
+    live: bool = False  # re-read on reload (SIGHUP / `lexiconsd reload`)
+    check: Callable[[Any], None] | None = field(default=None, compare=False)
+
+
+DECLARED: dict[str, Setting] = {}
+
+
+def declare(name: str, default: Any, kind: Kind, doc: str, *, section: str = "daemon",
+            live: bool = False, check: Callable[[Any], None] | None = None) -> Setting:
+    """Declare a setting; a name may be declared only once."""
+    if name in DECLARED:
+        raise SettingsError(f"setting {name} is declared twice")
+    setting = Setting(name, default, kind, doc, section, live, check)
+    DECLARED[name] = setting
+    return setting
+
+
+def _check_service_list(value: list[str]) -> None:
+    for entry in value:
+        module, sep, cls = entry.partition("/")
+        if not sep or not module or not cls:
+            raise SettingsError(f"{entry!r} is not of the form 'module.path/ClassName'")
+    names = [entry.rpartition("/")[2] for entry in value]
+    if len(set(names)) != len(names):
+        raise SettingsError("a service class is named twice")
+
+
+def _check_backplane(value: str) -> None:
+    if value != "memory" and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError("expected 'memory' or a redis:// URL")
+
+
+DEFAULT_SERVICES = [
+    "services.control/ControlService",
+]
+
+# daemon
+declare("SERVICE_LIST", DEFAULT_SERVICES, STR_LIST,
+        "services to run, as 'module.path/ClassName', started in order and stopped in reverse",
+        check=_check_service_list)
+declare("APP", "", STR,
+        "module path of the application whose Models, Signals, Channels, Headers and Tasks run")
+declare("DATA_DIR", "data", PATH, "directory of the CSV tables and the journal")
+declare("LOCK_FILE", "lexiconsd.pid", PATH,
+        "lock file holding the daemon's pid; a second daemon on the same file is refused")
+declare("CONTROL_SOCKET", "lexiconsd.sock", PATH,
+        "UNIX socket of the control service (mode 0600, owner only)")
+declare("LOG_LEVEL", "INFO", choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        "log level", live=True)
+declare("LOG_PATH", "lexiconsd.log", STR,
+        "log file ('-' for standard error); reopened on SIGUSR1 for rotation")
+declare("ON_FATAL", "stop", choice("stop", "degrade"),
+        "when a service exhausts its restarts: stop the daemon, or keep running degraded",
+        live=True)
+declare("RESTART_LIMIT", 5, integer(0),
+        "restarts allowed within RESTART_WINDOW before a service is FATAL", live=True)
+declare("RESTART_WINDOW", 60.0, number(0), "seconds over which restarts are counted", live=True)
+declare("RESTART_BACKOFF", 0.5, number(0), "first delay before restarting a failed service",
+        live=True)
+declare("RESTART_BACKOFF_MAX", 30.0, number(0), "longest delay between restarts", live=True)
+declare("STOP_TIMEOUT", 10.0, number(0), "seconds to wait for each service to stop")
+declare("START_TIMEOUT", 30.0, number(0),
+        "seconds `lexiconsd start` waits for the daemon to report it is ready")
+
+# network
+declare("HOST", "127.0.0.1", STR, "address to listen on", section="network")
+declare("PORT", 5000, integer(0, 65535), "TCP port to listen on (0: any free port)",
+        section="network")
+declare("TRUST", ["*"], STR_LIST,
+        "client addresses or networks allowed to connect; '*' allows any", section="network",
+        live=True)
+declare("TLS_CERT", "", PATH, "TLS certificate chain (PEM); TLS is on when set with TLS_KEY",
+        section="network")
+declare("TLS_KEY", "", PATH, "TLS private key (PEM)", section="network")
+declare("MAX_CONNECTIONS", 10000, integer(1), "connections held at once; more are refused (503)",
+        section="network")
+declare("MAX_MESSAGE_SIZE", 1 << 20, integer(1),
+        "largest message a client may send, in bytes (larger: close 1009)", section="network")
+declare("OUTBOX_LIMIT", 1 << 20, integer(1024),
+        "bytes queued for one connection before it is closed as a slow consumer",
+        section="network")
+declare("PING_INTERVAL", 25.0, number(0),
+        "seconds between pings to each client; one unanswered closes it (0: off)",
+        section="network")
+declare("HANDSHAKE_TIMEOUT", 10.0, number(0.1),
+        "seconds a client has to send a complete HTTP request", section="network")
+declare("PERMESSAGE_DEFLATE", False, BOOL,
+        "offer permessage-deflate (server_no_context_takeover, so one frame serves all)",
+        section="network")
+declare("STATIC_DIR", "", PATH, "directory of static files served over plain HTTP",
+        section="network")
+
+# application
+declare("WORKERS", 8, integer(1), "signals that may run at once (the worker pool)",
+        section="application")
+
+# data
+declare("DB_FSYNC", "everysec", choice("always", "everysec", "no"),
+        "journal flush policy: fsync before each answer, once a second, or leave it to the OS",
+        section="data")
+declare("SNAPSHOT_INTERVAL", 300.0, number(0),
+        "seconds between CSV snapshots of changed tables (0: only at stop)", section="data")
+
+# scale-out and integrations
+declare("BACKPLANE", "memory", STR,
+        "'memory' (one process) or a redis:// URL to share broadcasts between nodes",
+        section="integration", check=_check_backplane)
+declare("BOOTSTRAP_URL", "", STR,
+        "high-templar endpoint: backend URL asked for each client's allowed rooms",
+        section="integration")
+declare("BACKEND_TIMEOUT", 5.0, number(0.1), "seconds to wait for the backend's answer",
+        section="integration")
+declare("BACKEND_HEADERS", {}, DICT, "extra headers sent to the backend on bootstrap",
+        section="integration")
+declare("IDLE_TIMEOUT", 300.0, number(0),
+        "high-templar endpoint: seconds of silence before a connection is closed (0: never)",
+        section="integration")
+declare("AMQP_URL", "", STR, "RabbitMQ URL to consume triggers from (empty: off)",
+        section="integration")
+declare("AMQP_EXCHANGE", "hightemplar", STR, "exchange the trigger consumer binds to",
+        section="integration")
+declare("FILTERS", {}, DICT,
+        "filter pipelines: {stage: ['module.path/ClassName', ...]}", section="integration")
+
+
+# --- loaded settings ------------------------------------------------------------------
+
+
+class Settings:
+    """A validated, read-only set of setting values, read as attributes."""
+
+    def __init__(self, values: Mapping[str, Any], *, source: str | None = None,
+                 extra: Mapping[str, Any] | None = None):
+        object.__setattr__(self, "_values", dict(values))
+        object.__setattr__(self, "source", source)
+        object.__setattr__(self, "extra", dict(extra or {}))
+
+    def __getattr__(self, name: str) -> Any:
+        values = object.__getattribute__(self, "_values")
+        if name in values:
+            return values[name]
+        extra = object.__getattribute__(self, "extra")
+        if name in extra:
+            return extra[name]
+        raise AttributeError(f"no setting named {name}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("settings are read-only; use replace()")
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """Return a setting (or an extra name from the settings file)."""
+        try:
+            return getattr(self, name)
+        except AttributeError:
+            return default
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the declared settings as a plain dict."""
+        return dict(self._values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """Return a copy with some settings changed, validated like any other source."""
+        values = dict(self._values)
+        for name, value in changes.items():
+            values[name] = _validate(name, value, f"override {name}")
+        return Settings(values, source=self.source, extra=self.extra)
+
+
+def _validate(name: str, value: Any, where: str) -> Any:
+    setting = DECLARED.get(name)
+    if setting is None:
+        raise SettingsError(f"{where}: unknown setting {name}")
+    try:
+        value = setting.kind.check(value)
+        if setting.check is not None:
+            setting.check(value)
+    except SettingsError as exc:
+        raise SettingsError(f"{where}: {name}: {exc}") from None
+    return value
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise SettingsError(f"settings file {path} does not exist")
+    try:
+        namespace = runpy.run_path(path, run_name="lexicons_settings")
+    except Exception as exc:  # a settings file is user code: report any failure by name
+        raise SettingsError(f"settings file {path} failed to load: "
+                            f"{type(exc).__name__}: {exc}") from exc
+    return {k: v for k, v in namespace.items() if k.isupper() and not k.startswith("_")}
+
+
+def load(path: str | None = None, *, env: Mapping[str, str] | None = None,
+         overrides: Mapping[str, Any] | None = None, base_dir: str | None = None) -> Settings:
+    """Load settings: defaults, then the file at *path*, the environment, *overrides*.
+
+    Raises SettingsError naming the setting (and where its value came from) when a
+    value is of the wrong type or out of range, or an environment variable names no
+    setting.
+    """
+    env = os.environ if env is None else env
+    base_dir = os.path.abspath(base_dir or os.getcwd())
+    values = {name: s.default for name, s in DECLARED.items()}
+    extra: dict[str, Any] = {}
+    if path:
+        path = os.path.abspath(path)
+        for name, value in _read_file(path).items():
+            if name in DECLARED:
+                values[name] = _validate(name, value, path)
+            else:
+                extra[name] = value
+    for key, text in env.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "SETTINGS":
+            continue
+        name = key[len(ENV_PREFIX):]
+        if name not in DECLARED:
+            raise SettingsError(f"environment: {key} names no setting")
+        try:
+            values[name] = DECLARED[name].kind.parse(text)
+        except SettingsError as exc:
+            raise SettingsError(f"environment: {key}: {exc}") from None
+        values[name] = _validate(name, values[name], f"environment {key}")
+    for name, value in (overrides or {}).items():
+        values[name] = _validate(name, value, f"override {name}")
+    for name, setting in DECLARED.items():
+        if setting.kind is PATH and values[name]:
+            values[name] = os.path.join(base_dir, os.path.expanduser(values[name]))
+    return Settings(values, source=path, extra=extra)
+
+
+def reference_table() -> str:
+    """Return the settings reference as a Markdown table (for README and `lexiconsd settings`)."""
+    lines = ["| setting | default | type | live | what it does |",
+             "| --- | --- | --- | --- | --- |"]
+    for s in DECLARED.values():
+        default = json.dumps(s.default) if not isinstance(s.default, str) else repr(s.default)
+        lines.append(f"| `{s.name}` | `{default}` | {s.kind.name} | "
+                     f"{'yes' if s.live else ''} | {s.doc} |")
+    return "\n".join(lines)
