@@ -75,13 +75,16 @@ class Service:
     manager reports it hung (and, under systemd, stops feeding the watchdog).
     """
 
+    #: The name other services and `status` know this service by (default: class name
+    #: in lower case).
+    name: str = ""
     #: Seconds allowed between two beats; None: the service does not beat.
     heartbeat_timeout: float | None = None
 
     def __init__(self, manager: ServiceManager, settings: Settings, name: str | None = None):
         self.manager = manager
         self.settings = settings
-        self.name = name or type(self).__name__
+        self.name = name or type(self).name or type(self).__name__.lower()
         self.log = logging.getLogger(f"lexicons.{self.name}")
         self.stopping = threading.Event()
         self.state = ServiceState.STOPPED
