@@ -16,6 +16,7 @@ builtin, so callers may catch either::
      |    +-- ValidationError (TypeError)    a value does not match its field's type
      |    +-- DoesNotExist (LookupError)     no row matched
      |    +-- MultipleRowsFound (LookupError) several rows matched where one was expected
+     |    +-- IntegrityError                 a write would leave a reference pointing at nothing
      |    +-- StorageError (OSError)         a data file or journal is damaged or unwritable
 """
 from __future__ import annotations
@@ -71,6 +72,10 @@ class DoesNotExist(DatabaseError, LookupError):
 
 class MultipleRowsFound(DatabaseError, LookupError):
     """Several rows matched a lookup that needs exactly one."""
+
+
+class IntegrityError(DatabaseError):
+    """A write would leave a reference pointing at no row (or drop a row still referred to)."""
 
 
 class StorageError(DatabaseError, OSError):
