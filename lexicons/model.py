@@ -488,7 +488,8 @@ class Model:
         if type(other) is not type(self):
             return NotImplemented
         names = ("pk",) + type(self)._schema().names
-        return all(self.__dict__.get(n) == other.__dict__.get(n) for n in names)
+        mine, theirs = self.__dict__, other.__dict__
+        return all(_same(mine.get(n), theirs.get(n)) for n in names)
 
     __hash__ = None  # type: ignore[assignment]  # rows are mutable values
 
@@ -497,6 +498,11 @@ class Model:
         parts = [f"pk={d.get('pk')!r}"]
         parts += [f"{n}={d.get(n)!r}" for n in type(self)._schema().names]
         return f"{type(self).__name__}({', '.join(parts)})"
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Compare two stored values; NaN equals NaN (the same value was stored)."""
+    return a == b or (a.__class__ is float and b.__class__ is float and a != a and b != b)
 
 
 def model_named(name: str) -> type[Model] | None:
