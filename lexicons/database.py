@@ -49,10 +49,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import DatabaseError, DoesNotExist, IntegrityError, MultipleRowsFound, \
-    ValidationError
-from .model import INT_MAX, INT_MIN, MISSING, Field, Model, Schema, check_pk, clone, \
-    new_pk, to_json
+from .errors import DatabaseError, DoesNotExist, IntegrityError, MultipleRowsFound, ValidationError
+from .model import INT_MAX, INT_MIN, MISSING, Field, Model, Schema, check_pk, clone, new_pk, to_json
 
 #: The filter operators, as in ``query(User, age__gt=30)``.
 OPS = frozenset({"eq", "ne", "gt", "lt", "ge", "le", "in", "nin", "contains", "icontains",
@@ -183,7 +181,7 @@ class Table:
                   "        if pos is None: return None",
                   "        d = " + _dict_literal(self.schema, "L{i}[pos]", clone=False),
                   ]
-        for i, name in enumerate(names):
+        for name in names:
             if self.fields[name].kind in ("list", "set", "dict"):
                 lines.append(f"    d[{name!r}] = CLONE(d[{name!r}])")
         lines += ["    o = NEW(CLS)",
@@ -236,7 +234,7 @@ class Table:
     def _insert(self, pk: str, values: tuple) -> None:
         self.index[pk] = len(self.pks)
         self.pks.append(pk)
-        for column, value in zip(self.cols.values(), values):
+        for column, value in zip(self.cols.values(), values, strict=False):
             column.append(value)
         self.live.append(1)
         self.version += 1
@@ -265,7 +263,7 @@ class Table:
         for column in self.cols.values():
             column[:] = itertools.compress(column, live)
         self.index.clear()
-        self.index.update(zip(self.pks, range(len(self.pks))))
+        self.index.update(zip(self.pks, range(len(self.pks)), strict=False))
         self.live[:] = b"\x01" * len(self.pks)
         self.dead = 0
         for name in self.colmut:
@@ -294,7 +292,7 @@ class Table:
         self.pks.extend(pks)
         for name, column in self.cols.items():
             column.extend(cols[name])
-        self.index.update(zip(pks, range(len(pks))))
+        self.index.update(zip(pks, range(len(pks)), strict=False))
         self.live.extend(b"\x01" * len(pks))
         self.version += 1
 
@@ -358,7 +356,8 @@ class Table:
             positions = positions.tolist()
         getters = [self.pks.__getitem__] + [c.__getitem__ for c in self.cols.values()]
         pks = list(map(getters[0], positions))
-        cols = {name: list(map(g, positions)) for name, g in zip(self.cols, getters[1:])}
+        cols = {name: list(map(g, positions))
+                for name, g in zip(self.cols, getters[1:], strict=True)}
         return pks, cols
 
     def _live_rows(self) -> tuple[list[str], dict[str, list]]:
@@ -435,9 +434,9 @@ class Rows(Sequence):
     def __iter__(self) -> Iterator[Model]:
         make = self._table._instance
         names = list(self._cols)
-        for pk, values in zip(self.pks, zip(*self._cols.values()) if names else
-                              itertools.repeat(())):
-            yield make(pk, dict(zip(names, values)))
+        for pk, values in zip(self.pks, zip(*self._cols.values(), strict=False) if names else
+                              itertools.repeat(()), strict=False):
+            yield make(pk, dict(zip(names, values, strict=False)))
 
     def __repr__(self) -> str:
         return f"<Rows {self._table.name}: {len(self.pks)} rows>"
@@ -467,7 +466,7 @@ class Rows(Sequence):
             [to_json(clone(v)) for v in c] if self._table.fields[n].kind in ("list", "set", "dict")
             else c for n, c in self._cols.items()]
         keys = ["pk"] + names
-        return [dict(zip(keys, row)) for row in zip(*columns)]
+        return [dict(zip(keys, row, strict=False)) for row in zip(*columns, strict=False)]
 
     def frame(self) -> pd.DataFrame:
         """Return the rows as a new pandas DataFrame (``pk`` first)."""
@@ -1000,7 +999,7 @@ class Database:
         if op == "c":
             values = record[2]
             row = {"pk": values[0]}
-            for field_name, value in zip(table.schema.names, values[1:]):
+            for field_name, value in zip(table.schema.names, values[1:], strict=False):
                 row[field_name] = to_json(value)
             data: list = ["c", name, row]
         elif op == "u":
@@ -1036,7 +1035,7 @@ class Database:
                 if pos is None:
                     table._insert(pk, values)
                 else:
-                    table._set(pos, dict(zip(table.schema.names, values)))
+                    table._set(pos, dict(zip(table.schema.names, values, strict=False)))
             return None
         pk = check_pk(table.name, data[2])
         if op == "u":

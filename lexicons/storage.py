@@ -88,7 +88,7 @@ def write_table(path: str, schema: Schema, pks: list[str], cols: dict[str, list]
         with open(tmp, "w", encoding="utf-8", errors="surrogatepass", newline="") as handle:
             writer = csv.writer(handle, lineterminator="\r\n")
             writer.writerow(("pk",) + schema.names)
-            writer.writerows(zip(*columns))
+            writer.writerows(zip(*columns, strict=False))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
