@@ -785,7 +785,7 @@ class Database:
             version = table.version
             cached = table._frame
             if cached is not None and cached[0] == version:
-                return cached[1].copy(deep=False)
+                return self._reader_copy(table, cached[1])
             live = table._live_positions()
             arrays = {name: table._array(name) for name in ("pk",) + table.schema.names}
         data = {}
@@ -793,15 +793,27 @@ class Database:
             if live is not None:
                 array = array[live]
                 array.flags.writeable = False
-            if name != "pk" and table.fields[name].kind in ("list", "set", "dict"):
-                array = np.fromiter((clone(v) for v in array), dtype=object, count=len(array))
-                array.flags.writeable = False
-            data[name] = array
+            field = table.fields.get(name)
+            if field is not None and (field.nullable or field.kind in ("list", "set", "dict")):
+                data[name] = pd.Series(array, dtype=object, copy=False)  # keep None as None
+            else:
+                data[name] = array
         frame = pd.DataFrame(data, copy=False)
         with self.lock:
             if table.version == version:
                 table._frame = (version, frame)
-        return frame.copy(deep=False)
+        return self._reader_copy(table, frame)
+
+    @staticmethod
+    def _reader_copy(table: Table, frame: pd.DataFrame) -> pd.DataFrame:
+        """Return a copy-on-write view of a cached frame, with its own container cells."""
+        out = frame.copy(deep=False)
+        for name, field in table.fields.items():
+            if field.kind in ("list", "set", "dict"):
+                cells = np.fromiter((clone(v) for v in frame[name].to_numpy()), dtype=object,
+                                    count=len(frame))
+                out[name] = pd.Series(cells, index=out.index, dtype=object, copy=False)
+        return out
 
     # --- filters ----------------------------------------------------------------------------
 

@@ -243,7 +243,7 @@ class Field:
         elif kind == "bool":
             if value.__class__ is bool:
                 return value
-            if type(value).__name__ == "bool_":     # numpy's bool scalar
+            if _is_numpy(value, "bool_"):
                 return bool(value)
         elif kind == "int":
             if isinstance(value, bool):
