@@ -120,12 +120,12 @@ def read_table(path: str, schema: Schema) -> Loaded:
     duplicates = sorted({h for h in header if header.count(h) > 1})
     if duplicates:
         raise StorageError(f"{path}: column {duplicates[0]!r} appears twice in the header")
-    known = ["pk"] + [n for n in schema.names if n in header]
     dtypes: dict[str, Any] = {}
-    for name in known:
+    for name in header:
         field = schema.fields.get(name)
         dtypes[name] = _DTYPE.get(field.kind, object) if field and not field.nullable else object
-    frame = _read_frame(path, known, dtypes, schema)
+    frame = _read_frame(path, dtypes, schema)
+    _check_cell_counts(path, header, frame)
     pks = _decode_pks(path, frame["pk"].to_numpy())
     cols: dict[str, list] = {}
     n = len(pks)
@@ -154,10 +154,34 @@ def _read_header(path: str) -> list[str]:
     return header
 
 
-def _read_frame(path: str, columns: list[str], dtypes: dict[str, Any],
-                schema: Schema) -> pd.DataFrame:
+def _check_cell_counts(path: str, header: list[str], frame: pd.DataFrame) -> None:
+    """Raise StorageError for a row with too few cells (pandas fills them in as empty).
+
+    Rows with too many cells already failed to parse, so the file's commas add up
+    to the header's count per row, plus the commas inside (quoted) text cells,
+    exactly when no row is short.
+    """
+    with open(path, "rb") as handle:
+        data = handle.read()
+    expected = (len(header) - 1) * (len(frame) + 1)
+    if b'"' in data:
+        expected += sum(name.count(",") for name in header)
+        for name in frame.columns:
+            if frame[name].dtype == object:
+                expected += "\x00".join(frame[name].tolist()).count(",")
+    if data.count(b",") == expected:
+        return
+    with open(path, encoding="utf-8", errors="surrogatepass", newline="") as handle:
+        for row, cells in enumerate(csv.reader(handle)):
+            if row and cells and len(cells) < len(header):
+                raise _bad_cell(path, row, header[len(cells)], "",
+                                f"the row has {len(cells)} cells, the header {len(header)}")
+    raise StorageError(f"{path}: the rows do not have as many cells as the header")
+
+
+def _read_frame(path: str, dtypes: dict[str, Any], schema: Schema) -> pd.DataFrame:
     floats = {n: ["nan"] for n, d in dtypes.items() if d == "float64"}
-    options = dict(usecols=columns, keep_default_na=False, na_values=floats, engine="c",
+    options = dict(keep_default_na=False, na_values=floats, engine="c",
                    encoding="utf-8", encoding_errors="surrogatepass")
     try:
         return pd.read_csv(path, dtype=dtypes, **options)
@@ -188,6 +212,8 @@ def _is_float(text: str) -> bool:
 
 def _locate(path: str, name: str, cells: np.ndarray, ok: Any, field: Field) -> None:
     for row, text in enumerate(cells.tolist(), start=1):
+        if text.__class__ is not str:
+            raise _bad_cell(path, row, name, "", "the row has too few cells")
         if not ok(text) or (field.kind == "int" and not -(1 << 63) <= int(text) < (1 << 63)):
             raise _bad_cell(path, row, name, text, f"expected {field.describe()}")
 
