@@ -155,6 +155,7 @@ class SchedulerService(Service):
         self._wake = threading.Event()
         self._workers = _Workers(settings.TASK_WORKERS, "lexicons-task")
         self._records: list[TaskRecord] = []
+        self._set_up = False
         self._torn_down = False
 
     # --- what the tasks get -----------------------------------------------------------
@@ -203,6 +204,7 @@ class SchedulerService(Service):
         for record in self._records:
             if record.task.kind == "interval":
                 self._schedule(record)
+        self._set_up = True
         self.log.info("%d tasks: %s", len(self._records),
                       ", ".join(f"{r.name} ({r.task.kind})" for r in self._records) or "none")
 
@@ -239,11 +241,18 @@ class SchedulerService(Service):
         self._wake.set()
 
     def teardown(self) -> None:
-        """Wait for running interval tasks, then run the shutdown tasks."""
+        """Wait for running interval tasks, then run the shutdown tasks.
+
+        Shutdown tasks run only when setup completed: a daemon whose startup
+        tasks failed never served anyone, and has nothing to shut down.
+        """
         if self._torn_down:
             return
         self._torn_down = True
-        self._scheduler.clear()
+        with self._lock:
+            self._scheduler.clear()
+        if not self._set_up:
+            return
         timeout = self.settings.TASK_TIMEOUT
         busy = self._wait_idle(timeout)
         if busy:
