@@ -240,7 +240,7 @@ declare("CONTROL_SOCKET", "lexiconsd.sock", PATH,
         "UNIX socket of the control service (mode 0600, owner only)")
 declare("LOG_LEVEL", "INFO", choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
         "log level", live=True)
-declare("LOG_PATH", "lexiconsd.log", STR,
+declare("LOG_PATH", "lexiconsd.log", PATH,
         "log file ('-' for standard error); reopened on SIGUSR1 for rotation")
 declare("ON_FATAL", "stop", choice("stop", "degrade"),
         "when a service exhausts its restarts: stop the daemon, or keep running degraded",
@@ -421,7 +421,7 @@ def load(path: str | None = None, *, env: Mapping[str, str] | None = None,
     for name, value in (overrides or {}).items():
         values[name] = _validate(name, value, f"override {name}")
     for name, setting in DECLARED.items():
-        if setting.kind is PATH and values[name]:
+        if setting.kind is PATH and values[name] and values[name] != "-":
             values[name] = os.path.join(base_dir, os.path.expanduser(values[name]))
     return Settings(values, source=path, extra=extra)
 
