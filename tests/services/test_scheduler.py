@@ -1,4 +1,5 @@
-"""Tests of the scheduler service (services/scheduler.py) driven through its lifecycle."""
+"""Tests of the scheduler service (services/scheduler.py), run by the real service manager."""
+import contextlib
 import datetime
 import logging
 import threading
@@ -7,28 +8,65 @@ import time
 import pytest
 import schedule
 
-from lexicons.errors import TaskError
+from lexicons import settings as settings_mod
+from lexicons.application import Application
+from lexicons.cli import format_status
+from lexicons.errors import ServiceError, TaskError
+from lexicons.manager import ServiceManager
+from lexicons.service import Service, ServiceState
 from lexicons.task import Task
 from services.scheduler import SchedulerService
-from tests.services.standin import StandInManager, running, wait_for
 
 FAST = 0.05  # seconds between interval runs in these tests
 
 
 @pytest.fixture(autouse=True)
 def no_thread_left():
-    """Fail a test that leaves a task thread behind."""
+    """Fail a test that leaves a service or task thread behind."""
     yield
     left = wait_for(lambda: not [t for t in threading.enumerate()
-                                 if t.name.startswith(("lexicons-task", "lexicons-shutdown"))],
-                    timeout=5.0)
+                                 if t.name.startswith("lexicons-")], timeout=5.0)
     assert left, [t.name for t in threading.enumerate()]
 
 
-def scheduler(*tasks, **kw):
-    """Return a scheduler service on a stand-in manager holding *tasks*."""
-    manager = StandInManager(tasks, **kw)
-    return SchedulerService(manager, manager.settings)
+def wait_for(predicate, timeout=10.0):
+    """Poll *predicate* until it is true or *timeout* passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(0.01)
+
+
+class Persister(Service):
+    """Just the part of the persister tasks see: its database."""
+
+    name = "persister"
+    db = object()
+
+
+def scheduler(*tasks, persister=False, facade=None, **overrides):
+    """Return a scheduler service on a (not yet started) manager holding *tasks*."""
+    settings = settings_mod.load(env={}, overrides=overrides)
+    manager = ServiceManager(settings, Application(name="test", tasks=list(tasks)))
+    if facade is not None:
+        manager.facade = facade
+    if persister:
+        manager.add(Persister(manager, settings))
+    svc = SchedulerService(manager, settings)
+    manager.add(svc)
+    return svc
+
+
+@contextlib.contextmanager
+def running(svc):
+    """Start the manager of *svc* (setup, then main on its thread); stop it on exit."""
+    svc.manager.start()
+    try:
+        yield svc
+    finally:
+        svc.manager.stop()
 
 
 def record(svc, name):
@@ -36,12 +74,10 @@ def record(svc, name):
     return next(t for t in svc.info()["tasks"] if t["name"] == name)
 
 
-def counting(name, every=FAST, *, fail=False, hold=None, log=None):
+def counting(name, every=FAST, *, fail=False, hold=None):
     """Return an interval task class that counts its runs (and may fail, or wait on *hold*)."""
     def run(self, db, sv):
         type(self).calls += 1
-        if log is not None:
-            log.append(name)
         if hold is not None:
             hold.wait(10)
         if fail:
@@ -53,15 +89,17 @@ def counting(name, every=FAST, *, fail=False, hold=None, log=None):
 # --- startup ------------------------------------------------------------------------
 
 
-def test_startup_tasks_run_in_priority_order_with_db_and_sv():
-    """Startup tasks run in setup, lower priority first, ties in declaration order."""
+def test_startup_tasks_run_in_priority_order_before_later_services_set_up():
+    """Startup tasks run lower priority first (ties in declaration order), with db and sv,
+    before the services after the scheduler (the listener) set up."""
     seen = []
-    db, facade = object(), object()
+    facade = object()
 
-    class Persister:
-        pass
+    class Listener(Service):
+        name = "listener"
 
-    Persister.db = db
+        def setup(self):
+            seen.append(("listener", None, None))
 
     def startup(name, priority):
         def run(self, db, sv):
@@ -69,29 +107,29 @@ def test_startup_tasks_run_in_priority_order_with_db_and_sv():
         return type(name, (Task.Startup,), {"priority": priority, "run": run})
 
     svc = scheduler(startup("c", 5), startup("a", -1), startup("b1", 0), startup("b2", 0),
-                    services={"persister": Persister()}, facade=facade)
-    svc.setup()
-    assert [s[0] for s in seen] == ["a", "b1", "b2", "c"]
-    assert all(s[1] is db and s[2] is facade for s in seen)
-    assert record(svc, "a")["runs"] == 1
-    svc.teardown()
+                    persister=True, facade=facade)
+    svc.manager.add(Listener(svc.manager, svc.settings))
+    with running(svc):
+        assert [s[0] for s in seen] == ["a", "b1", "b2", "c", "listener"]
+        assert all(s[1] is Persister.db and s[2] is facade for s in seen[:4])
+        assert record(svc, "a")["runs"] == 1 and record(svc, "a")["failures"] == 0
 
 
-def test_db_is_none_without_a_persister():
-    """Without a persister service, tasks get db=None."""
+def test_db_and_sv_are_none_without_persister_or_facade():
+    """Without a persister service or a server facade, tasks get db=None and sv=None."""
     got = []
 
     class Probe(Task.Startup):
         def run(self, db, sv):
             got.append((db, sv))
 
-    svc = scheduler(Probe)
-    svc.setup()
-    assert got == [(None, None)]
+    with running(scheduler(Probe)):
+        assert got == [(None, None)]
 
 
-def test_required_startup_task_that_raises_stops_setup_naming_it(caplog):
-    """A required startup task that raises aborts setup with a TaskError naming it."""
+def test_required_startup_task_that_raises_stops_the_start_naming_it(caplog):
+    """A required startup task that raises stops the daemon's start with an error naming it;
+    the later startup tasks and services do not run, the earlier services are stopped."""
     ran = []
 
     class Migrate(Task.Startup):
@@ -106,12 +144,21 @@ def test_required_startup_task_that_raises_stops_setup_naming_it(caplog):
         def run(self, db, sv):
             ran.append(1)
 
-    svc = scheduler(Later, Migrate)
-    with caplog.at_level(logging.ERROR, "lexicons.scheduler"):
-        with pytest.raises(TaskError, match="startup task Migrate failed.*schema mismatch"):
-            svc.setup()
+    class Listener(Service):
+        name = "listener"
+
+        def setup(self):
+            ran.append("listener")
+
+    svc = scheduler(Later, Migrate, persister=True)
+    svc.manager.add(Listener(svc.manager, svc.settings))
+    with caplog.at_level(logging.ERROR, "lexicons"):
+        with pytest.raises(ServiceError, match="scheduler failed to start: TaskError: "
+                                               "startup task Migrate failed.*schema mismatch"):
+            svc.manager.start()
     assert ran == []
-    failed = [r for r in caplog.records if "Migrate" in r.getMessage()]
+    assert svc.manager.get_service("persister").state is ServiceState.STOPPED
+    failed = [r for r in caplog.records if r.getMessage() == "startup task Migrate failed"]
     assert failed and failed[0].exc_info is not None
 
 
@@ -152,8 +199,9 @@ def test_optional_startup_task_that_raises_is_logged_and_others_run(caplog):
 
     svc = scheduler(Warmup, Next)
     with caplog.at_level(logging.ERROR, "lexicons.scheduler"):
-        svc.setup()
-    assert ran == [1]
+        with running(svc):
+            assert ran == [1]
+            assert svc.state is ServiceState.RUNNING
     assert record(svc, "Warmup")["failures"] == 1
     assert "cache unreachable" in record(svc, "Warmup")["last_error"]
     assert any(r.exc_info for r in caplog.records if "Warmup" in r.getMessage())
@@ -165,8 +213,8 @@ def test_bad_interval_declaration_stops_setup():
         def run(self, db, sv):
             pass
 
-    with pytest.raises(TaskError, match="NoEvery"):
-        scheduler(NoEvery).setup()
+    with pytest.raises(ServiceError, match="interval task NoEvery: set `every`"):
+        scheduler(NoEvery).manager.start()
 
 
 # --- shutdown -----------------------------------------------------------------------
@@ -209,12 +257,13 @@ def test_shutdown_task_that_overruns_is_abandoned_after_the_timeout(caplog):
             seen.append("after")
 
     svc = scheduler(Stuck, After, TASK_TIMEOUT=0.2)
-    svc.setup()
-    started = time.monotonic()
-    with caplog.at_level(logging.ERROR, "lexicons.scheduler"):
-        svc.teardown()
-    took = time.monotonic() - started
-    release.set()
+    try:
+        with caplog.at_level(logging.ERROR, "lexicons.scheduler"):
+            with running(svc):
+                started = time.monotonic()
+        took = time.monotonic() - started
+    finally:
+        release.set()
     assert seen == ["after"]
     assert took < 5.0
     assert any("Stuck" in r.getMessage() and "still running" in r.getMessage()
@@ -449,3 +498,28 @@ def test_stop_gives_up_on_an_interval_task_after_the_timeout(caplog):
     assert bye == [1]
     assert any("Stuck" in r.getMessage() and "still running" in r.getMessage()
                for r in caplog.records)
+
+
+def test_lexiconsd_status_shows_one_line_per_task():
+    """`lexiconsd status` shows the scheduler's task count and a line per task."""
+    Tick = counting("Tick")
+
+    class Bye(Task.Shutdown):
+        def run(self, db, sv):
+            pass
+
+    svc = scheduler(Tick, Bye)
+    with running(svc):
+        assert wait_for(lambda: record(svc, "Tick")["runs"] >= 1)
+        text = format_status(svc.manager.status())
+    lines = text.splitlines()
+    row = next(line for line in lines if line.startswith("scheduler"))
+    assert "RUNNING" in row and "tasks=2" in row
+    tick = next(line for line in lines if "name=Tick" in line)
+    assert "kind=interval" in tick and "runs=" in tick and "next_run=" in tick
+    assert any("name=Bye" in line and "kind=shutdown" in line for line in lines)
+
+
+def test_default_service_list_runs_the_scheduler():
+    """The default SERVICE_LIST includes the scheduler service."""
+    assert "services.scheduler/SchedulerService" in settings_mod.DECLARED["SERVICE_LIST"].default
