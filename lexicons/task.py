@@ -46,7 +46,11 @@ When each kind runs:
   overruns is logged and the next one runs anyway.
 * ``Task.Interval``: repeatedly, on a worker thread, every ``interval()``
   seconds (start to start). ``interval()`` is asked once before the first run
-  and again after every run, so the period may change while the daemon runs.
+  (after the startup tasks, so it may use what they prepared) and again after
+  every run, so the period may change while the daemon runs; a period shortened
+  by a run applies from that run's start. A missing or bad ``every`` stops the
+  start before any task runs; an ``interval()`` that fails after a run is
+  logged and the previous period kept.
   A run never overlaps the previous run of the same task: when it comes due
   while the previous one is still going, that run is skipped (and counted).
 """

@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import schedule
 
@@ -48,6 +48,10 @@ from lexicons import task as tasks
 from lexicons.errors import LexiconsError, TaskError
 from lexicons.service import Service
 from lexicons.task import IntervalTask, Task
+
+if TYPE_CHECKING:
+    from lexicons.manager import ServiceManager
+    from lexicons.settings import Settings
 
 #: Longest wait of the main loop: it beats at least this often.
 MAX_WAIT = 1.0
@@ -147,7 +151,7 @@ class SchedulerService(Service):
     name = "scheduler"
     heartbeat_timeout = 10.0
 
-    def __init__(self, manager: Any, settings: Any, name: str | None = None):
+    def __init__(self, manager: ServiceManager, settings: Settings, name: str | None = None):
         super().__init__(manager, settings, name)
         self._scheduler = schedule.Scheduler()
         self._lock = threading.Lock()
@@ -199,6 +203,9 @@ class SchedulerService(Service):
         built = tasks.build(getattr(app, "tasks", None) or [])
         self._records = [TaskRecord(t) for t in built]
         by_task = {id(r.task): r for r in self._records}
+        for task in built:  # a missing or bad `every` is refused before any task runs
+            if isinstance(task, IntervalTask) and type(task).interval is IntervalTask.interval:
+                tasks.interval_of(task)
         for task in tasks.ordered(built, "startup"):
             self._startup(by_task[id(task)])
         for record in self._records:

@@ -207,14 +207,41 @@ def test_optional_startup_task_that_raises_is_logged_and_others_run(caplog):
     assert any(r.exc_info for r in caplog.records if "Warmup" in r.getMessage())
 
 
-def test_bad_interval_declaration_stops_setup():
-    """An interval task without a usable interval is refused at setup, by name."""
+def test_bad_interval_declaration_stops_the_start_before_any_task_runs():
+    """An interval task without a usable `every` is refused at start, by name, before the
+    startup tasks run."""
+    ran = []
+
+    class Boot(Task.Startup):
+        def run(self, db, sv):
+            ran.append(1)
+
     class NoEvery(Task.Interval):
         def run(self, db, sv):
             pass
 
     with pytest.raises(ServiceError, match="interval task NoEvery: set `every`"):
-        scheduler(NoEvery).manager.start()
+        scheduler(Boot, NoEvery).manager.start()
+    assert ran == []
+
+
+def test_a_dynamic_interval_is_first_asked_after_the_startup_tasks():
+    """interval() may depend on what the startup tasks prepared."""
+    state = {}
+
+    class Boot(Task.Startup):
+        def run(self, db, sv):
+            state["period"] = 123.0
+
+    class Configured(Task.Interval):
+        def interval(self):
+            return state["period"]
+
+        def run(self, db, sv):
+            pass
+
+    with running(scheduler(Configured, Boot)) as svc:
+        assert record(svc, "Configured")["interval"] == 123.0
 
 
 # --- shutdown -----------------------------------------------------------------------
