@@ -151,21 +151,25 @@ def _daemon_main(settings: settings_mod.Settings, report_fd: int) -> None:  # pr
 # --- stop, status and friends -------------------------------------------------------------
 
 
-def _not_running(settings: settings_mod.Settings) -> int:
+def _why_not_running(settings: settings_mod.Settings) -> tuple[int, str]:
+    """Return the exit code and message for a daemon that does not answer."""
     from .lockfile import holder, read_pid
 
     pid = holder(settings.LOCK_FILE)
     if pid:
-        print(f"lexiconsd (pid {pid}) holds {settings.LOCK_FILE} but does not answer on "
-              f"{settings.CONTROL_SOCKET}", file=sys.stderr)
-        return EXIT_UNKNOWN
+        return EXIT_UNKNOWN, (f"lexiconsd (pid {pid}) holds {settings.LOCK_FILE} but does not "
+                              f"answer on {settings.CONTROL_SOCKET}")
     stale = read_pid(settings.LOCK_FILE)
     if stale:
-        print(f"lexiconsd is not running (stale lock file {settings.LOCK_FILE} "
-              f"names pid {stale})")
-        return EXIT_FAIL
-    print("lexiconsd is not running")
-    return EXIT_NOT_RUNNING
+        return EXIT_FAIL, (f"lexiconsd is not running (stale lock file {settings.LOCK_FILE} "
+                           f"names pid {stale})")
+    return EXIT_NOT_RUNNING, "lexiconsd is not running"
+
+
+def _not_running(settings: settings_mod.Settings) -> int:
+    code, message = _why_not_running(settings)
+    print(message, file=sys.stderr if code == EXIT_UNKNOWN else sys.stdout)
+    return code
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -208,9 +212,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         status = control.request(settings.CONTROL_SOCKET, "status", timeout=5)
     except ControlError:
-        if args.json:
-            print(json.dumps({"running": False}))
-        return _not_running(settings)
+        if not args.json:
+            return _not_running(settings)
+        code, message = _why_not_running(settings)
+        print(json.dumps({"running": False, "message": message}))
+        return code
     if args.json:
         print(json.dumps({"running": True, **status}, indent=2, default=str))
     else:
