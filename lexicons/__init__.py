@@ -2,5 +2,6 @@
 from .database import Database
 from .model import Model
 from .passwords import hash_password, verify_password
+from .task import Task
 
-__all__ = ["Database", "Model", "hash_password", "verify_password"]
+__all__ = ["Database", "Model", "Task", "hash_password", "verify_password"]

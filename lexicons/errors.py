@@ -18,6 +18,7 @@ builtin, so callers may catch either::
      |    +-- MultipleRowsFound (LookupError) several rows matched where one was expected
      |    +-- IntegrityError                 a write would leave a reference pointing at nothing
      |    +-- StorageError (OSError)         a data file or journal is damaged or unwritable
+     +-- TaskError (RuntimeError)            a task is declared wrongly, or a required one failed
 """
 from __future__ import annotations
 
@@ -80,3 +81,7 @@ class IntegrityError(DatabaseError):
 
 class StorageError(DatabaseError, OSError):
     """A data file or the journal is damaged or cannot be written."""
+
+
+class TaskError(LexiconsError, RuntimeError):
+    """A task is declared wrongly, or a startup task the application requires failed."""
