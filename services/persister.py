@@ -4,8 +4,8 @@ Other services reach the database as ``self.service('persister').db``.
 
 * ``setup()`` builds the :class:`~lexicons.database.Database` from the
   application's models, loads the CSV snapshots from ``DATA_DIR``, replays the
-  journal, opens a new journal file (policy ``DB_FSYNC``) and, when the replay
-  changed anything, takes a snapshot at once so the old journal files go away.
+  journal and, when the replay changed anything, takes a snapshot at once so the
+  old journal files go away; then it opens a new journal file (policy ``DB_FSYNC``).
 * ``main()`` flushes the journal once a second (the ``everysec`` fsync) and
   snapshots the changed tables every ``SNAPSHOT_INTERVAL`` seconds.
 * ``teardown()`` takes the final snapshot and closes the journal.
@@ -42,9 +42,9 @@ class PersisterService(Service):
         self.storage = Storage(self.db, self.settings.DATA_DIR, self.settings.DB_FSYNC)
         started = time.monotonic()
         counts = self.storage.load()
-        self.storage.open()
-        if self.storage.dirty():
+        if self.storage.dirty():   # fold the replayed writes into the CSV files
             self.storage.snapshot()
+        self.storage.open()
         self._last_snapshot = time.monotonic()
         self.log.info("loaded %d table(s), %d row(s), replayed %d write(s) in %.2f s from %s",
                       len(counts), sum(counts.values()), self.storage.replayed,
