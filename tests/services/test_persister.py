@@ -106,24 +106,36 @@ def test_damaged_data_stops_start_up_with_a_clear_error(tmp_path):
 
 
 def run_writer(data_dir: str, policy: str, seconds: float) -> list[str]:
-    """Run the crash writer, kill it with SIGKILL after *seconds*; return its ack lines."""
-    child = subprocess.Popen([sys.executable, "-m", "tests.services.crash_writer", data_dir,
-                              policy], cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL)
+    """Run the crash writer, kill it with SIGKILL after *seconds*; return its ack lines.
+
+    Its output goes to a file, not a pipe: a full pipe would stall the writer and
+    leave nothing unflushed to lose.
+    """
+    out_path = os.path.join(data_dir, "..", f"acks-{time.monotonic_ns()}.txt")
+    with open(out_path, "wb") as out:
+        child = subprocess.Popen([sys.executable, "-m", "tests.services.crash_writer",
+                                  data_dir, policy], cwd=ROOT, stdout=out,
+                                 stderr=subprocess.DEVNULL)
     try:
-        ready = child.stdout.readline()
-        assert ready == b"READY\n", ready
+        deadline = time.monotonic() + 20
+        while not open(out_path, "rb").read(6) == b"READY\n":
+            assert child.poll() is None and time.monotonic() < deadline, "writer did not start"
+            time.sleep(0.02)
         time.sleep(seconds)
     finally:
         child.send_signal(signal.SIGKILL)
-        out, _ = child.communicate(timeout=10)
-    return [line for line in out.decode().split("\n")[:-1]]
+        child.wait(timeout=10)
+    with open(out_path, "rb") as handle:
+        lines = handle.read().decode().split("\n")[1:-1]   # READY, ..., a torn last line
+    os.unlink(out_path)
+    return lines
 
 
 def test_kill_9_loses_no_acknowledged_write(tmp_path):
     """A writer killed with SIGKILL at random moments keeps every acknowledged write,
     under each journal policy, and its data loads cleanly each time."""
-    data_dir = str(tmp_path)
+    data_dir = str(tmp_path / "data")
+    os.mkdir(data_dir)
     created: set[str] = set()
     updated: dict[str, int] = {}
     rng = random.Random()
