@@ -59,6 +59,8 @@ _ORDER = {"gt": operator.gt, "lt": operator.lt, "ge": operator.ge, "le": operato
           "min": operator.ge, "max": operator.le}
 #: Tombstones are compacted away when there are more of them than this and than live rows.
 COMPACT_MIN = 4096
+#: Tables with fewer rows than this are scanned, not indexed, for equality filters.
+INDEX_MIN = 2048
 #: Aggregates accepted by :meth:`Database.aggregate`.
 AGGREGATES = ("count", "sum", "mean", "min", "max", "median", "std")
 
@@ -102,6 +104,11 @@ class Table:
         self._livecache: tuple[int, int, np.ndarray | None] | None = None
         self._joined: dict[str, tuple[int, int, str, np.ndarray] | None] = {}
         self._frame: tuple[int, pd.DataFrame] | None = None
+        # Equality indexes, built on the first equality filter of a column of a large
+        # table: value -> position, or list of positions. Entries may be stale (a
+        # position whose value changed or that died); look-ups check each position.
+        self.eqidx: dict[str, dict[Any, Any]] = {}
+        self._eqstale: dict[str, int] = {}
         self.create: Any = None
         self.get_pk: Any = None
 
@@ -167,7 +174,10 @@ class Table:
         lines += ["        INDEX[pk] = len(PKS)",
                   "        PKS_APPEND(pk)"]
         lines += [f"        A{i}(v{i})" for i in range(len(names))]
+        env["EQ"] = self.eqidx
+        env["INDEX_ROW"] = self._index_row
         lines += ["        LIVE_APPEND(1)",
+                  "        if EQ: INDEX_ROW(INDEX[pk])",
                   "        T.version += 1",
                   "        J = DB.journal",
                   f"        if J is not None: TL.seq = J.append(('c', NAME, (pk{values},)))",
@@ -238,13 +248,51 @@ class Table:
             column.append(value)
         self.live.append(1)
         self.version += 1
+        if self.eqidx:
+            self._index_row(len(self.pks) - 1)
 
     def _set(self, pos: int, changes: dict[str, Any]) -> None:
         cols, colmut = self.cols, self.colmut
         for name, value in changes.items():
             cols[name][pos] = value
             colmut[name] += 1
+            index = self.eqidx.get(name)
+            if index is not None:
+                _index_add(index, value, pos)
+                self._eqstale[name] += 1
+                if self._eqstale[name] > len(self.pks):   # mostly stale: build it again
+                    del self.eqidx[name]
         self.version += 1
+
+    def _index_row(self, pos: int) -> None:
+        """Add the row at *pos* to every equality index (lock held)."""
+        for name, index in self.eqidx.items():
+            _index_add(index, self.cols[name][pos], pos)
+
+    def _index_lookup(self, name: str, value: Any) -> list[int] | None:
+        """Return the live positions whose *name* equals *value*, ascending, by the
+        column's equality index (built here when worth it); None when there is none."""
+        index = self.eqidx.get(name)
+        if index is None:
+            field = self.fields[name]
+            if len(self.pks) < INDEX_MIN or field.kind not in ("str", "int", "ref"):
+                return None
+            index = {}
+            for pos, v in enumerate(self.cols[name]):
+                _index_add(index, v, pos)
+            self.eqidx[name] = index
+            self._eqstale[name] = 0
+        entry = index.get(value)
+        if entry is None:
+            return []
+        if entry.__class__ is int:
+            entry = [entry]
+        elif len(entry) * 8 > len(self.pks):   # a common value: a vectorised scan is cheaper
+            return None
+        column, live = self.cols[name], self.live
+        if self._eqstale[name] == 0 and not self.dead:
+            return entry if entry == sorted(entry) else sorted(entry)
+        return sorted({p for p in entry if live[p] and column[p] == value})
 
     def _kill(self, pos: int) -> None:
         pk = self.pks[pos]
@@ -271,6 +319,7 @@ class Table:
         self.livemut += 1
         self._arrays.clear()
         self._joined.clear()
+        self.eqidx.clear()
 
     def _clear(self) -> None:
         self.pks.clear()
@@ -284,6 +333,7 @@ class Table:
         self.livemut += 1
         self._arrays.clear()
         self._joined.clear()
+        self.eqidx.clear()
         self.version += 1
 
     def _load(self, pks: list[str], cols: dict[str, list]) -> None:
@@ -912,6 +962,13 @@ class Database:
             plain = [f for f in plain if f is not pk_filter]
         else:
             candidates = None
+            for flt in plain:   # an equality on an indexed column: look up, do not scan
+                if flt.op == "eq" and flt.field is not table.pk_field:
+                    found = table._index_lookup(flt.field.name, flt.value)
+                    if found is not None:
+                        candidates = np.array(found, dtype=np.int64)
+                        plain = [f for f in plain if f is not flt]
+                        break
         mask = None
         for flt in plain:
             part = self._mask(table, flt, candidates)
@@ -1066,6 +1123,16 @@ class Database:
             if pos is not None:
                 table._kill(pos)
         return None
+
+
+def _index_add(index: dict[Any, Any], value: Any, pos: int) -> None:
+    entry = index.get(value)
+    if entry is None:
+        index[value] = pos
+    elif entry.__class__ is int:
+        index[value] = [entry, pos]
+    else:
+        entry.append(pos)
 
 
 def _isin_object(array: np.ndarray, keys: set) -> np.ndarray:

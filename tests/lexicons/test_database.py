@@ -380,3 +380,22 @@ def test_readers_never_see_half_a_write(db):
         t.join(timeout=30)
     assert not torn
     assert db.count(Person) > 1
+
+
+def test_equality_index_follows_every_write(db):
+    """Equality look-ups on a large table stay right through creates, updates and drops."""
+    rows = [db.create(Person, name=f"p{i % 3000}", age=i % 7) for i in range(6000)]
+    assert [r.pk for r in db.query(Person, name="p5")] == [rows[5].pk, rows[3005].pk]
+    assert "name" in db.table(Person).eqidx
+    late = db.create(Person, name="p5")
+    db.update(Person, rows[5].pk, name="other")
+    db.update(Person, rows[6].pk, name="p5")
+    db.drop(Person, rows[3005].pk)
+    assert [r.pk for r in db.query(Person, name="p5")] == [rows[6].pk, late.pk]
+    assert db.get(Person, name="other").pk == rows[5].pk
+    assert db.count(Person, name="p5", age=6) == 1 and db.count(Person, name="nobody") == 0
+    for row in rows[:3005] + rows[3006:5000]:
+        db.drop(Person, row.pk)
+    assert [r.pk for r in db.query(Person, name="p5")] == [late.pk]
+    assert [r.name for r in db.query(Person, name="p5000")] == []
+    assert db.get(Person, name="p2999").pk == rows[5999].pk
