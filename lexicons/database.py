@@ -111,6 +111,7 @@ class Table:
         self._eqstale: dict[str, int] = {}
         self.create: Any = None
         self.get_pk: Any = None
+        self.make_rows: Any = None
 
     def __len__(self) -> int:
         return len(self.pks) - self.dead
@@ -197,10 +198,21 @@ class Table:
         lines += ["    o = NEW(CLS)",
                   "    o.__dict__.update(d)",
                   "    return o"]
+        args = "".join(f", v{i}" for i in range(len(names)))
+        lines += ["",
+                  f"def make_rows(pks{args}):",
+                  "    out = []",
+                  "    put = out.append",
+                  f"    for pk{args}, in zip(pks{args}):",   # the comma: models without fields
+                  "        o = NEW(CLS)",
+                  "        o.__dict__.update(" + _dict_literal(self.schema, "v{i}") + ")",
+                  "        put(o)",
+                  "    return out"]
         code = "\n".join(lines) + "\n"
         exec(compile(code, f"<lexicons table {self.name}>", "exec"), env)  # noqa: S102
         self.create = env["create"]
         self.get_pk = env["get_pk"]
+        self.make_rows = env["make_rows"]
 
     def _create_slow(self, kw: dict[str, Any]) -> Model:
         """Create a row through the model's constructor (it has computed fields)."""
@@ -482,11 +494,7 @@ class Rows(Sequence):
         return self._table._instance(pk, {name: c[index] for name, c in self._cols.items()})
 
     def __iter__(self) -> Iterator[Model]:
-        make = self._table._instance
-        names = list(self._cols)
-        for pk, values in zip(self.pks, zip(*self._cols.values(), strict=False) if names else
-                              itertools.repeat(()), strict=False):
-            yield make(pk, dict(zip(names, values, strict=False)))
+        return iter(self._table.make_rows(self.pks, *self._cols.values()))
 
     def __repr__(self) -> str:
         return f"<Rows {self._table.name}: {len(self.pks)} rows>"
