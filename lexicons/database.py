@@ -727,8 +727,8 @@ class Database:
                 version = table.version
             candidate = table.model(**values)
             with self.lock:
-                if table.version != version and self._select(table, fields, one=True):
-                    continue
+                if table.version != version and len(self._select(table, fields)):
+                    continue   # someone created it meanwhile: fetch theirs
                 pk = candidate.__dict__["pk"]
                 if pk in table.index:
                     if "pk" in values:
@@ -960,7 +960,7 @@ class Database:
             return value.pk
         return field.check(value)
 
-    def _select(self, table: Table, filters: dict[str, Any], one: bool = False) -> Any:
+    def _select(self, table: Table, filters: dict[str, Any]) -> Any:
         """Return the positions of live rows matching every filter, ascending (lock held)."""
         plain, follow = self._parse(table, filters)
         pk_filter = next((f for f in plain if f.field is table.pk_field and f.op == "eq"), None)

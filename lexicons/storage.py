@@ -181,7 +181,7 @@ def _check_cell_counts(path: str, header: list[str], frame: pd.DataFrame) -> Non
 
 def _read_frame(path: str, dtypes: dict[str, Any], schema: Schema) -> pd.DataFrame:
     floats = {n: ["nan"] for n, d in dtypes.items() if d == "float64"}
-    options = dict(keep_default_na=False, na_values=floats, engine="c",
+    options = dict(keep_default_na=False, low_memory=False, na_values=floats, engine="c",
                    encoding="utf-8", encoding_errors="surrogatepass")
     try:
         return pd.read_csv(path, dtype=dtypes, **options)
@@ -228,6 +228,9 @@ def _bad_cell(path: str, row: int, column: str, text: Any, why: str) -> StorageE
 
 def _decode_pks(path: str, cells: np.ndarray) -> list[str]:
     pks = cells.tolist()
+    unique = set(pks)
+    if len(unique) == len(pks) and "" not in unique:
+        return pks
     seen: dict[str, int] = {}
     for row, pk in enumerate(pks, start=1):
         if not pk:
@@ -249,6 +252,10 @@ def _decode_column(path: str, field: Field, cells: np.ndarray) -> list:
         return texts
     if kind == "ref":
         return [text or None for text in texts]
+    if kind == "bool" and not field.nullable:
+        true = (cells == "true") | (cells == "True")
+        if (true | (cells == "false") | (cells == "False")).all():
+            return true.tolist()
     out = []
     for row, text in enumerate(texts, start=1):
         if text == "" and field.nullable:
