@@ -119,6 +119,13 @@ class ServiceManager:
             raise ServiceError(f"no service named {name!r} "
                                f"(running: {', '.join(self.services) or 'none'})") from None
 
+    @property
+    def facade(self) -> Any:
+        """Return the server facade (``sv``) for signals and tasks; None without a router."""
+        if not self.has_service("router"):
+            return None
+        return getattr(self.get_service("router"), "facade", None)
+
     def has_service(self, name: str) -> bool:
         """Tell whether a service called *name* is part of this daemon."""
         return name in self.services
