@@ -289,6 +289,8 @@ async function login(header) {
   listen(client);
   try {
     await client.connect();
+    // Registered now: a reconnect must log in (registering again would be refused).
+    client.headers = { Login: { name, password } };
     await client.subscribe("public");
     state.client = client;
     state.me = name;
