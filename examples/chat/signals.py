@@ -16,7 +16,8 @@ Calls and what they answer (``[{"Name": answer}]``) or broadcast:
 ``Send {room, text}``              broadcasts the message as ``Message`` to the
                                    room (or both inboxes for ``dm:`` rooms)
 ``History {room, before?, limit?}``  messages older than ``before``, oldest first
-``Online {}``                      the names of the users connected now
+``Online {}``                      the users in ``public`` now (a page joins it
+                                   once logged in)
 =================================  ===============================================
 """
 from __future__ import annotations
@@ -187,7 +188,7 @@ class History(Signal):
 
 
 class Online(Signal):
-    """Return the names of the users connected now."""
+    """Return the names of the users in the public channel now (who is online)."""
 
     def execute(self, sv: Any) -> list[str]:
         return members(sv, str(Public()))
