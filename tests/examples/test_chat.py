@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import itertools
+import json
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -299,3 +303,21 @@ def test_create_lobby_runs_twice_without_a_second_lobby():
     CreateLobby().run(db=db, sv=None)
     CreateLobby().run(db=db, sv=None)
     assert db.count(Room, name="lobby") == 1
+
+
+def test_gate_check_endpoint_tells_why(daemon, people):
+    """GET /gate with the connect's query answers 200, or the refusal's status and reason."""
+    name, _ = people("gate")
+
+    def check(header: str, **credentials: str) -> tuple[int, dict]:
+        query = urllib.parse.urlencode({header: json.dumps(credentials)})
+        try:
+            with urllib.request.urlopen(f"{daemon.url}gate?{query}", timeout=10) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as refused:
+            return refused.code, json.loads(refused.read())
+
+    assert check("Login", name=name, password="password1") == (200, {"admitted": True})
+    status, body = check("Login", name=name, password="wrong")
+    assert status == 401
+    assert body["reason"].startswith("Login: wrong name or password")
