@@ -321,3 +321,23 @@ def test_gate_check_endpoint_tells_why(daemon, people):
     status, body = check("Login", name=name, password="wrong")
     assert status == 401
     assert body["reason"].startswith("Login: wrong name or password")
+
+
+def test_the_page_is_served_by_lexicons(daemon):
+    """GET / is the chat's index.html, scripts are JavaScript, unchanged files answer 304."""
+    def get(path: str, **headers: str) -> tuple[int, dict, bytes]:
+        request = urllib.request.Request(daemon.url + path.lstrip("/"), headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return answer.status, dict(answer.headers), answer.read()
+        except urllib.error.HTTPError as error:
+            return error.code, dict(error.headers), error.read()
+
+    status, headers, body = get("/")
+    assert status == 200 and b"<title>lexicons chat</title>" in body
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    status, headers, body = get("/lexicons.js")
+    assert status == 200 and headers["Content-Type"] == "text/javascript; charset=utf-8"
+    assert get("/lexicons.js", **{"If-None-Match": headers["ETag"]})[0] == 304
+    assert get("/../__init__.py")[0] == 404
+    assert get("/nothing.html")[0] == 404
