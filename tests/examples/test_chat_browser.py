@@ -152,3 +152,44 @@ def test_page_reconnects_after_a_restart(daemon, browser):
     expect(bob.locator("#messages")).to_contain_text("before the restart")
     say(bob, "after the restart")
     expect(alice.locator("#messages .message").last).to_contain_text("after the restart")
+
+
+CLIENT_SCRIPT = """async () => {
+  const { Client } = await import("/lexicons.js");
+  const out = {};
+  try {
+    await new Client({ headers: { Login: { name: "nobody", password: "nope" } } }).connect();
+  } catch (e) { out.refused = [e.name, e.status, e.reason]; }
+  const c = new Client({ headers: { Register: { name: "scripted", password: "pass1234" } } });
+  await c.connect();
+  try { await c.call("Send", { room: "lobby", text: "too early" }); }
+  catch (e) { out.callError = [e.name, e.messages]; }
+  try { await c.subscribe("user:someone-else"); } catch (e) { out.notPermitted = e.messages; }
+  const got = [];
+  c.on("Message", (message) => got.push(message.text));
+  await c.call("Join", { room: "lobby" });
+  out.sent = await c.call("Send", { room: "lobby", text: "hello from lexicons.js" });
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  out.got = got;
+  out.subscribed = await c.subscribe("public");
+  out.channels = [...c.channels];
+  await c.unsubscribe("public");
+  out.after = [...c.channels];
+  c.close();
+  try { await c.call("Rooms"); } catch (e) { out.closed = [e.name, e.message]; }
+  return out;
+}"""
+
+
+def test_lexicons_js_calls_subscribes_and_reports_errors(daemon, browser):
+    """lexicons.js: refusals, call errors and broadcasts as the server sent them."""
+    page = new_page(browser, daemon.url)
+    out = page.evaluate(CLIENT_SCRIPT)
+    assert out["refused"][:2] == ["RefusedError", 401]
+    assert out["refused"][2].startswith("Login: wrong name or password")
+    assert out["callError"] == ["CallError", ["join room 'lobby' before sending to it"]]
+    assert out["notPermitted"] == ["not permitted to subscribe to 'user:someone-else'"]
+    assert out["sent"] is None and out["got"] == ["hello from lexicons.js"]
+    assert out["subscribed"] == "public" and out["channels"] == ["public"]
+    assert out["after"] == []
+    assert out["closed"] == ["ConnectionError", "not connected"]
