@@ -12,6 +12,7 @@ from lexicons.signal import Signal
 from services.listener import HTTPResponse
 from tests.support import RawClient, http_exchange, open_fds, serving, upgrade_request
 
+
 class Echo(Signal):
     def execute(self, data):
         return data
