@@ -1,17 +1,14 @@
 """Run the chat example in the real daemon, as a user would, for the chat tests."""
 from __future__ import annotations
 
-import contextlib
-import itertools
 import json
 import os
 import signal
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from lexicons.errors import CallError
+from lexicons.client import Client
 from tests.support.daemon import lexiconsd, write_settings_file
 
 TIMEOUT = 10.0  # seconds any answer may take
@@ -78,45 +75,12 @@ class ChatDaemon:
         return path.read_text() if path.exists() else ""
 
 
-class Refused(Exception):
-    """The server refused the connection: its HTTP status and the reason in its body."""
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(f"{status} {reason}")
-        self.status = status
-        self.reason = reason
-
-
-class ChatClient:
-    """A chat user's connection: calls by name, broadcasts kept until asked for."""
+class ChatClient(Client):
+    """A chat user's connection (the Python client); broadcasts are kept until asked for."""
 
     def __init__(self, daemon: ChatDaemon, header: str, **credentials: Any):
-        from websockets.exceptions import InvalidStatus
-        from websockets.sync.client import connect
-
-        query = urllib.parse.urlencode({header: json.dumps(credentials)})
-        self._stack = contextlib.ExitStack()
-        try:
-            self.ws = self._stack.enter_context(
-                connect(f"{daemon.ws_url}?{query}", open_timeout=10))
-        except InvalidStatus as exc:
-            body = json.loads(exc.response.body or b"{}")
-            raise Refused(exc.response.status_code, body.get("reason", "")) from None
-        self.ids = itertools.count(1)
+        super().__init__(daemon.ws_url, {header: credentials}, query=True, timeout=TIMEOUT)
         self.broadcasts: list[tuple[str, Any]] = []
-
-    def call(self, signal: str, **kwargs: Any) -> Any:
-        """Call *signal*; return its answer, or raise CallError with the server's messages."""
-        call_id = next(self.ids)
-        self.ws.send(json.dumps({signal: kwargs, "#": call_id}))
-        while True:
-            for item in self._receive(TIMEOUT):
-                if item.get("#") != call_id:
-                    self.broadcasts.extend(item.items())
-                elif "Errors" in item:
-                    raise CallError("; ".join(item["Errors"]))
-                else:
-                    return item[signal]
 
     def expect(self, name: str, timeout: float = TIMEOUT) -> Any:
         """Return the first broadcast named *name* (waiting for it); AssertionError if none."""
@@ -131,10 +95,10 @@ class ChatClient:
                 raise AssertionError(f"no {name} broadcast within {timeout} s "
                                      f"(got {self.broadcasts!r})")
             try:
-                items = self._receive(left)
+                message = self.receive(left)
             except TimeoutError:
                 continue
-            for item in items:
+            for item in message:
                 self.broadcasts.extend(item.items())
 
     def quiet(self, name: str, wait: float = 0.3) -> bool:
@@ -144,16 +108,3 @@ class ChatClient:
         except AssertionError:
             return True
         return False
-
-    def _receive(self, timeout: float) -> list[dict[str, Any]]:
-        return json.loads(self.ws.recv(timeout=timeout))
-
-    def close(self) -> None:
-        """Close the connection."""
-        self._stack.close()
-
-    def __enter__(self) -> ChatClient:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()

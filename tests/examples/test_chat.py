@@ -1,4 +1,4 @@
-"""The chat's headers, channels, signals and tasks, through a websocket client and in-process."""
+"""The chat's headers, channels, signals and tasks: through the Python client, and in-process."""
 from __future__ import annotations
 
 import itertools
@@ -13,8 +13,8 @@ import pytest
 from examples.chat.models import ChatMessage, Room, User
 from examples.chat.tasks import CreateLobby, PruneMessages
 from lexicons.database import Database
-from lexicons.errors import CallError
-from tests.examples.chat_daemon import ChatClient, ChatDaemon, Refused
+from lexicons.errors import CallError, Refused
+from tests.examples.chat_daemon import ChatClient, ChatDaemon
 
 _names = itertools.count(1)
 
