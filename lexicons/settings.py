@@ -225,6 +225,7 @@ def _check_backplane(value: str) -> None:
 
 DEFAULT_SERVICES = [
     "services.control/ControlService",
+    "services.persister/PersisterService",
     "services.scheduler/SchedulerService",
 ]
 
