@@ -1,7 +1,33 @@
-"""lexicons: a websocket application server for small and medium data sets."""
-from .database import Database
-from .model import Model
-from .passwords import hash_password, verify_password
-from .task import Task
+"""lexicons: a websocket application server for small and medium data sets.
 
-__all__ = ["Database", "Model", "Task", "hash_password", "verify_password"]
+The public names are imported lazily: ``lexiconsd`` imports this package before
+it daemonizes, and pandas (with numpy's thread pools) must not be loaded
+before the fork.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Database": ".database",
+    "Model": ".model",
+    "hash_password": ".passwords",
+    "verify_password": ".passwords",
+    "Task": ".task",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lexicons' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
