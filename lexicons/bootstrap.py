@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import logging
 import logging.handlers
+import os
 import signal
 import sys
 import threading
@@ -68,12 +69,16 @@ class Bootstrap:
 
     def start(self) -> Bootstrap:
         """Take the lock, set up logging and start every service."""
-        self._lock.acquire()
+        if self.configure_logging:
+            self._setup_logging()
         try:
-            if self.configure_logging:
-                self._setup_logging()
+            self._lock.acquire()
+        except BaseException:
+            self._close_logging()
+            raise
+        try:
             log.info("lexiconsd starting (pid %d, settings %s)",
-                     __import__("os").getpid(), self.settings.source or "built-in defaults")
+                     os.getpid(), self.settings.source or "built-in defaults")
             self.manager = ServiceManager(self.settings, self.app, on_fatal=self._on_fatal)
             self.manager.controller = self
             self.manager.start()

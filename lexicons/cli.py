@@ -151,21 +151,25 @@ def _daemon_main(settings: settings_mod.Settings, report_fd: int) -> None:  # pr
 # --- stop, status and friends -------------------------------------------------------------
 
 
-def _not_running(settings: settings_mod.Settings) -> int:
+def _why_not_running(settings: settings_mod.Settings) -> tuple[int, str]:
+    """Return the exit code and message for a daemon that does not answer."""
     from .lockfile import holder, read_pid
 
     pid = holder(settings.LOCK_FILE)
     if pid:
-        print(f"lexiconsd (pid {pid}) holds {settings.LOCK_FILE} but does not answer on "
-              f"{settings.CONTROL_SOCKET}", file=sys.stderr)
-        return EXIT_UNKNOWN
+        return EXIT_UNKNOWN, (f"lexiconsd (pid {pid}) holds {settings.LOCK_FILE} but does not "
+                              f"answer on {settings.CONTROL_SOCKET}")
     stale = read_pid(settings.LOCK_FILE)
     if stale:
-        print(f"lexiconsd is not running (stale lock file {settings.LOCK_FILE} "
-              f"names pid {stale})")
-        return EXIT_FAIL
-    print("lexiconsd is not running")
-    return EXIT_NOT_RUNNING
+        return EXIT_FAIL, (f"lexiconsd is not running (stale lock file {settings.LOCK_FILE} "
+                           f"names pid {stale})")
+    return EXIT_NOT_RUNNING, "lexiconsd is not running"
+
+
+def _not_running(settings: settings_mod.Settings) -> int:
+    code, message = _why_not_running(settings)
+    print(message, file=sys.stderr if code == EXIT_UNKNOWN else sys.stdout)
+    return code
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -208,9 +212,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         status = control.request(settings.CONTROL_SOCKET, "status", timeout=5)
     except ControlError:
-        if args.json:
-            print(json.dumps({"running": False}))
-        return _not_running(settings)
+        if not args.json:
+            return _not_running(settings)
+        code, message = _why_not_running(settings)
+        print(json.dumps({"running": False, "message": message}))
+        return code
     if args.json:
         print(json.dumps({"running": True, **status}, indent=2, default=str))
     else:
@@ -227,15 +233,26 @@ def format_status(status: dict[str, Any]) -> str:
     width = max([len(s["name"]) for s in status["services"]] + [7])
     lines.append(f"{'SERVICE':<{width}}  {'STATE':<8}  {'UPTIME':>8}  RESTARTS  NOTES")
     for svc in status["services"]:
-        notes = []
+        notes, details = [], []
         if svc["hung"]:
             notes.append("HUNG")
         if svc["last_error"] and svc["state"] != "RUNNING":
             notes.append(svc["last_error"])
-        notes.extend(f"{k}={_short(v)}" for k, v in svc["info"].items())
+        for key, value in svc["info"].items():
+            if _is_table(value):  # e.g. the scheduler's tasks: one line each, below
+                notes.append(f"{key}={len(value)}")
+                details.extend("    " + " ".join(f"{k}={_short(v)}" for k, v in item.items()
+                                                  if v is not None) for item in value)
+            else:
+                notes.append(f"{key}={_short(value)}")
         lines.append(f"{svc['name']:<{width}}  {svc['state']:<8}  "
                      f"{_duration(svc['uptime']):>8}  {svc['restarts']:>8}  {' '.join(notes)}")
+        lines.extend(details)
     return "\n".join(lines)
+
+
+def _is_table(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
 
 
 def _short(value: Any) -> str:
@@ -330,6 +347,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAIL
     except KeyboardInterrupt:
         return EXIT_FAIL
+    except BrokenPipeError:
+        # the reader went away (`lexiconsd status | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ builtin, so callers may catch either::
      |    +-- ValidationError (TypeError)    a value does not match its field's type
      |    +-- DoesNotExist (LookupError)     no row matched
      |    +-- MultipleRowsFound (LookupError) several rows matched where one was expected
+     |    +-- IntegrityError                 a write would leave a reference pointing at nothing
      |    +-- StorageError (OSError)         a data file or journal is damaged or unwritable
+     +-- TaskError (RuntimeError)            a task is declared wrongly, or a required one failed
 """
 from __future__ import annotations
 
@@ -92,5 +94,13 @@ class MultipleRowsFound(DatabaseError, LookupError):
     """Several rows matched a lookup that needs exactly one."""
 
 
+class IntegrityError(DatabaseError):
+    """A write would leave a reference pointing at no row (or drop a row still referred to)."""
+
+
 class StorageError(DatabaseError, OSError):
     """A data file or the journal is damaged or cannot be written."""
+
+
+class TaskError(LexiconsError, RuntimeError):
+    """A task is declared wrongly, or a startup task the application requires failed."""

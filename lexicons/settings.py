@@ -230,9 +230,11 @@ def _check_stack_size(value: int) -> None:
 
 DEFAULT_SERVICES = [
     "services.control/ControlService",
+    "services.persister/PersisterService",
     "services.rooms/RoomsService",
     "services.router/RouterService",
     "services.gate/GateService",
+    "services.scheduler/SchedulerService",
     "services.listener/ListenerService",
 ]
 
@@ -306,6 +308,11 @@ declare("STATIC_DIR", "", PATH, "directory of static files served over plain HTT
 
 # application
 declare("WORKERS", 8, integer(1), "signals that may run at once (the worker pool)",
+        section="application")
+declare("TASK_WORKERS", 4, integer(1), "interval tasks that may run at once (their own threads)",
+        section="application")
+declare("TASK_TIMEOUT", 5.0, number(0.01),
+        "seconds each shutdown task may run, and the stop waits for running interval tasks",
         section="application")
 
 # data

@@ -67,7 +67,7 @@ class ControlService(Service):
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
-        sock.listen(16)
+        sock.listen(128)
         sock.setblocking(False)
         self._inode = os.stat(self.path).st_ino
         self.listener = sock
@@ -135,10 +135,17 @@ class ControlService(Service):
                     self._drop(sel, clients, client)
 
     def _accept(self, sel: selectors.BaseSelector, clients: dict) -> None:
-        try:
-            sock, _ = self.listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
+        while True:  # take every pending connection: a full backlog refuses clients
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.log.warning("control accept failed: %s", exc)
+                return
+            self._admit(sel, clients, sock)
+
+    def _admit(self, sel: selectors.BaseSelector, clients: dict, sock: socket.socket) -> None:
         sock.setblocking(False)
         client = _Client(sock)
         if len(clients) >= MAX_CLIENTS:
