@@ -12,6 +12,7 @@ Other services reach the database as ``self.service('persister').db``.
 """
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
@@ -45,6 +46,9 @@ class PersisterService(Service):
         if self.storage.dirty():   # fold the replayed writes into the CSV files
             self.storage.snapshot()
         self.storage.open()
+        # The column buffers are a few huge lists: keep the cyclic collector from walking
+        # every row of them on each full collection (it cannot free them anyway).
+        gc.freeze()
         self._last_snapshot = time.monotonic()
         self.log.info("loaded %d table(s), %d row(s), replayed %d write(s) in %.2f s from %s",
                       len(counts), sum(counts.values()), self.storage.replayed,

@@ -9,7 +9,7 @@ from lexicons.application import Application
 from lexicons.errors import NotPermitted, Refused
 from lexicons.header import Header
 from lexicons.signal import Signal
-from tests.support import http_exchange, serving, upgrade_request
+from tests.support.websocket import http_exchange, serving, upgrade_request
 
 USERS = {"ann": "secret", "bob": "hunter2"}
 

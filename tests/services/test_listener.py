@@ -10,7 +10,7 @@ import pytest
 from lexicons.application import Application
 from lexicons.signal import Signal
 from services.listener import HTTPResponse
-from tests.support import RawClient, http_exchange, open_fds, serving, upgrade_request
+from tests.support.websocket import RawClient, http_exchange, open_fds, serving, upgrade_request
 
 
 class Echo(Signal):

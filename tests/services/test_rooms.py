@@ -11,7 +11,7 @@ from lexicons.channel import Channel
 from lexicons.errors import CallFailed
 from lexicons.service import Service
 from lexicons.signal import Response, Signal
-from tests.support import RawClient, serving
+from tests.support.websocket import RawClient, serving
 
 
 class Publish(Signal):

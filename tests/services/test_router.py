@@ -10,7 +10,7 @@ from lexicons.errors import CallError, CallFailed, NotPermitted
 from lexicons.frames import OP_BINARY, OP_PING, OP_PONG, OP_TEXT, client_frame
 from lexicons.service import Service
 from lexicons.signal import Response, Signal
-from tests.support import serving
+from tests.support.websocket import serving
 
 STARTED = threading.Event()
 FINISHED = threading.Event()
