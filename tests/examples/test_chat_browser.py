@@ -16,7 +16,8 @@ from tests.examples.chat_daemon import ChatDaemon
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-WAIT = 10_000  # ms: the longest any step may take
+WAIT = 20_000  # ms: the longest any step may take (the machine may be busy)
+expect.set_options(timeout=WAIT)
 
 
 @pytest.fixture
@@ -146,7 +147,7 @@ def test_page_reconnects_after_a_restart(daemon, browser):
     expect(alice.locator("#status")).not_to_have_text("online")
     daemon.start(port=daemon.port)
 
-    expect(alice.locator("#status")).to_have_text("online", timeout=20_000)
+    expect(alice.locator("#status")).to_have_text("online", timeout=2 * WAIT)
     bob = new_page(browser, daemon.url)
     enter(bob, "eve", "listener")
     expect(bob.locator("#messages")).to_contain_text("before the restart")
