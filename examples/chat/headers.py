@@ -16,12 +16,17 @@ from typing import Any
 
 from lexicons.errors import NotPermitted
 from lexicons.header import Header
+from lexicons.passwords import verify_password
 
 from .channels import grants
 from .models import User
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,24}$")
 MIN_PASSWORD = 4
+#: The hash of a password nobody knows: checked for unknown names, so that a wrong
+#: name takes as long to refuse as a wrong password and names cannot be probed.
+NOBODY = ("scrypt$16384$8$1$aa08e7158914c250db1a5d17db627730$"
+          "eb3bfaa8dc58bd605dbafedc5e91d951342faf9c9ae2b25d55006e47e3651e9d")
 
 
 def admit(ws: Any, name: str) -> bool:
@@ -36,7 +41,8 @@ class Login(Header):
 
     def execute(self, name: str, password: str, ws: Any, db: Any) -> bool:
         user = db.get(User, name=name)
-        if user is None or not user.check_password(password):
+        known = verify_password(password, user.password_hash if user else NOBODY)
+        if user is None or not known:
             raise NotPermitted("wrong name or password")
         return admit(ws, user.name)
 

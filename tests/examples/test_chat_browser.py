@@ -88,6 +88,13 @@ def test_two_people_chat_live(daemon, browser, shots):
     expect(alice.locator("#messages .message").last).to_contain_text("Hi Alice :)")
     expect(alice.locator("#messages .message.mine")).to_have_count(1)
 
+    # A refused call shows the server's message on the page.
+    alice.fill("#room-name", "no spaces!")
+    alice.press("#room-name", "Enter")
+    expect(alice.locator("#notice")).to_have_text(
+        "a room name is 1 to 32 of a-z, 0-9, '_' or '-'")
+    alice.screenshot(path=str(shots / "notice.png"))
+
     # A new room: created by Alice, seen by Bob without reloading, joined by him.
     alice.fill("#room-name", "garden")
     alice.press("#room-name", "Enter")
