@@ -13,9 +13,9 @@ from websockets.sync.client import connect as websockets_connect
 
 from lexicons.application import Application
 from lexicons.channel import Channel
-from lexicons.frames import OP_PING, OP_PONG, client_frame
+from lexicons.frames import OP_PING, OP_PONG
 from lexicons.signal import Response, Signal
-from tests.support.websocket import RawClient, need_descriptors, serving, upgrade_request
+from tests.support.websocket import need_descriptors, serving, upgrade_request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
