@@ -303,6 +303,10 @@ declare("CLOSE_TIMEOUT", 2.0, number(0.01),
 declare("THREAD_STACK_SIZE", 512 * 1024, integer(65536),
         "stack size in bytes of each connection's thread (only touched pages use memory)",
         section="network", check=_check_stack_size)
+declare("SWITCH_INTERVAL", 0.1, number(0),
+        "seconds a thread may hold Python's GIL while others wait (sys.setswitchinterval; "
+        "0: Python's 0.005); thousands of connection threads waking at once thrash below "
+        "~0.05", section="network")
 declare("STATIC_DIR", "", PATH, "directory of static files served over plain HTTP",
         section="network")
 

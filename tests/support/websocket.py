@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 import os
+import resource
 import socket
 import struct
 import time
@@ -80,6 +81,15 @@ def serving(app: Application | None = None, extra: list[Service] | None = None,
         yield Running(manager)
     finally:
         manager.stop()
+
+
+def need_descriptors(count: int) -> None:
+    """Raise this process's open-file limit to at least *count* (up to the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < count:
+        if hard != resource.RLIM_INFINITY and hard < count:
+            raise RuntimeError(f"this test needs {count} open files; the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (count, hard))
 
 
 def open_fds() -> int:
