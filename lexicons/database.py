@@ -38,12 +38,14 @@ without making instances at all.
 """
 from __future__ import annotations
 
-import itertools
+import gc
 import json
 import operator
 import re
 import threading
+from array import array as Slots
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -61,10 +63,16 @@ _ORDER = {"gt": operator.gt, "lt": operator.lt, "ge": operator.ge, "le": operato
 COMPACT_MIN = 4096
 #: Tables with fewer rows than this are scanned, not indexed, for equality filters.
 INDEX_MIN = 2048
+#: Rows created since the columns were last extended wait in Python lists (quick to
+#: append to) up to this many; then, or at the next scan, they join the numpy columns.
+TAIL_MAX = 8192
+#: Slots per piece of the joined text that substring filters search (cached per piece).
+TEXT_CHUNK = 1 << 16
 #: Aggregates accepted by :meth:`Database.aggregate`.
 AGGREGATES = ("count", "sum", "mean", "min", "max", "median", "std")
 
 _PK_FIELD_KIND = "str"
+_TEXT_OPS = frozenset({"contains", "icontains", "startswith", "endswith"})
 _SCALAR_DTYPES = {"int": np.int64, "float": np.float64, "bool": np.bool_}
 
 
@@ -77,9 +85,9 @@ def _pk_field(model: str) -> Field:
 
 
 class Table:
-    """The rows of one Model: column buffers, the pk index and the caches.
+    """The rows of one Model: numpy columns, a list tail, the pk index and the caches.
 
-    Methods whose name starts with ``_`` and that touch buffers need the
+    Methods whose name starts with ``_`` and that touch the columns need the
     database lock held by the caller; the generated ``create``/``get_pk``
     take it themselves.
     """
@@ -90,31 +98,37 @@ class Table:
         self.model = schema.model
         self.name = schema.name
         self.fields = schema.fields
+        self.pk_field = _pk_field(self.name)
+        names = ("pk",) + schema.names
+        self.dtypes = {name: _dtype(self.field(name)) for name in names}
+        # Slots [0, hn) live in the arrays, slots [hn, len(live)) in the tail lists.
+        self.arrays: dict[str, np.ndarray] = {n: np.empty(0, self.dtypes[n]) for n in names}
+        self.hn = 0
         self.pks: list[str] = []
         self.cols: dict[str, list] = {name: [] for name in schema.names}
+        self.getters: list[Any] = []      # per field: reads one slot of its array
         self.live = bytearray()
         self.index: dict[str, int] = {}
         self.dead = 0
         self.version = 0          # bumped by every write: dirty tracking for snapshots
         self.saved_version = 0    # the version last written to disk
-        self.colmut = dict.fromkeys(("pk",) + schema.names, 0)
         self.livemut = 0
-        self.pk_field = _pk_field(self.name)
-        self._arrays: dict[str, tuple[np.ndarray, int, int]] = {}
+        self._shared: set[str] = set()    # columns whose array a reader may hold
         self._livecache: tuple[int, int, np.ndarray | None] | None = None
-        self._joined: dict[str, tuple[int, int, str, np.ndarray] | None] = {}
+        self._text: dict[tuple[str, int, bool], tuple[int, str | None, Any]] = {}
         self._frame: tuple[int, pd.DataFrame] | None = None
         # Equality indexes, built on the first equality filter of a column of a large
-        # table: value -> position, or list of positions. Entries may be stale (a
+        # table: value -> position, or array('q') of positions. Entries may be stale (a
         # position whose value changed or that died); look-ups check each position.
         self.eqidx: dict[str, dict[Any, Any]] = {}
         self._eqstale: dict[str, int] = {}
         self.create: Any = None
         self.get_pk: Any = None
         self.make_rows: Any = None
+        self._rebind()
 
     def __len__(self) -> int:
-        return len(self.pks) - self.dead
+        return len(self.live) - self.dead
 
     def field(self, name: str) -> Field:
         """Return the field named *name* (``pk`` included) or raise DatabaseError."""
@@ -128,16 +142,18 @@ class Table:
     # --- generated hot paths -------------------------------------------------------
 
     def compile(self) -> None:
-        """Generate ``create`` and ``get_pk`` for this model's fields."""
+        """Generate ``create``, ``get_pk`` and ``make_rows`` for this model's fields."""
         names = self.schema.names
         env: dict[str, Any] = {
             "LOCK": self.db.lock, "INDEX": self.index, "PKS": self.pks, "T": self,
             "DB": self.db, "TL": self.db._local, "NAME": self.name, "CLS": self.model,
             "NEW": object.__new__, "NEW_PK": new_pk, "CHECK_PK": check_pk,
             "MISSING": MISSING, "CLONE": clone, "PKS_APPEND": self.pks.append,
-            "LIVE_APPEND": self.live.append, "INT_MIN": INT_MIN, "INT_MAX": INT_MAX,
-            "SETTERS": frozenset(self.schema.setters), "SLOW": self._create_slow,
-            "UNKNOWN": self._unknown, "DUP": self._duplicate, "DANGLING": self._dangling,
+            "LIVE": self.live, "LIVE_APPEND": self.live.append, "INT_MIN": INT_MIN,
+            "INT_MAX": INT_MAX, "SETTERS": frozenset(self.schema.setters),
+            "SLOW": self._create_slow, "UNKNOWN": self._unknown, "DUP": self._duplicate,
+            "DANGLING": self._dangling, "G": self.getters, "TAIL_MAX": TAIL_MAX,
+            "FLUSH": self._flush,
         }
         lines = ["def create(kw):"]
         if self.schema.setters:
@@ -172,13 +188,15 @@ class Table:
                   "            while pk in INDEX: pk = NEW_PK()",
                   "        elif pk in INDEX: DUP(pk)"]
         lines += checks
-        lines += ["        INDEX[pk] = len(PKS)",
+        lines += ["        pos = len(LIVE)",
+                  "        INDEX[pk] = pos",
                   "        PKS_APPEND(pk)"]
         lines += [f"        A{i}(v{i})" for i in range(len(names))]
         env["EQ"] = self.eqidx
         env["INDEX_ROW"] = self._index_row
         lines += ["        LIVE_APPEND(1)",
-                  "        if EQ: INDEX_ROW(INDEX[pk])",
+                  "        if EQ: INDEX_ROW(pos)",
+                  "        if len(PKS) >= TAIL_MAX: FLUSH()",
                   "        T.version += 1",
                   "        J = DB.journal",
                   f"        if J is not None: TL.seq = J.append(('c', NAME, (pk{values},)))",
@@ -190,7 +208,11 @@ class Table:
                   "    with LOCK:",
                   "        pos = INDEX.get(pk)",
                   "        if pos is None: return None",
-                  "        d = " + _dict_literal(self.schema, "L{i}[pos]", clone=False),
+                  "        p = pos - T.hn",
+                  "        if p >= 0:",
+                  "            d = " + _dict_literal(self.schema, "L{i}[p]", clone=False),
+                  "        else:",
+                  "            d = " + _dict_literal(self.schema, "G[{i}](pos)", clone=False),
                   ]
         for name in names:
             if self.fields[name].kind in ("list", "set", "dict"):
@@ -251,137 +273,237 @@ class Table:
             if pk is not None and pk not in self.db._tables[field.ref.__name__].index:
                 self._dangling(field, pk)
 
+    # --- the columns (lock held) --------------------------------------------------------
+
+    def _rebind(self) -> None:
+        """Point the slot readers of the generated code at the current arrays."""
+        readers = []
+        for name in self.schema.names:
+            array = self.arrays[name]
+            readers.append(array.__getitem__ if array.dtype == object else array.item)
+        self.getters[:] = readers
+
+    def _flush(self) -> None:
+        """Move the tail rows into the arrays (lock held).
+
+        Arrays grow by half their size at least, so appends cost O(1) amortised.
+        Growing makes new arrays; writing past ``hn`` never touches the part a
+        reader holds, so neither needs a copy.
+        """
+        k = len(self.pks)
+        if not k:
+            return
+        hn = self.hn
+        end = hn + k
+        arrays = self.arrays
+        if end > len(arrays["pk"]):
+            capacity = max(end + TAIL_MAX, hn + hn // 2)
+            for name, array in arrays.items():
+                grown = np.empty(capacity, dtype=array.dtype)
+                grown[:hn] = array[:hn]
+                arrays[name] = grown
+            self._shared.clear()
+        arrays["pk"][hn:end] = _to_array(self.pk_field, self.pks)
+        for name, column in self.cols.items():
+            arrays[name][hn:end] = _to_array(self.fields[name], column)
+            column.clear()
+        self.pks.clear()
+        self.hn = end
+        self._rebind()
+
+    def _unshare(self, name: str) -> None:
+        """Give column *name* an array of its own before writing into it in place."""
+        self.arrays[name] = self.arrays[name].copy()
+        self._shared.discard(name)
+        self._rebind()
+
+    def _value(self, name: str, pos: int) -> Any:
+        """Return the stored value of one slot (no copy)."""
+        p = pos - self.hn
+        if p >= 0:
+            return (self.pks if name == "pk" else self.cols[name])[p]
+        return self.arrays[name].item(pos)
+
+    def _row(self, pos: int) -> dict[str, Any]:
+        """Return the stored field values of one slot (no copies)."""
+        return {name: self._value(name, pos) for name in self.schema.names}
+
     # --- raw writes (lock held; no checks, no journal) ------------------------------
 
     def _insert(self, pk: str, values: tuple) -> None:
-        self.index[pk] = len(self.pks)
+        pos = len(self.live)
+        self.index[pk] = pos
         self.pks.append(pk)
         for column, value in zip(self.cols.values(), values, strict=False):
             column.append(value)
         self.live.append(1)
         self.version += 1
         if self.eqidx:
-            self._index_row(len(self.pks) - 1)
+            self._index_row(pos)
+        if len(self.pks) >= TAIL_MAX:
+            self._flush()
 
     def _set(self, pos: int, changes: dict[str, Any]) -> None:
-        cols, colmut = self.cols, self.colmut
+        hn = self.hn
         for name, value in changes.items():
-            cols[name][pos] = value
-            colmut[name] += 1
+            if pos >= hn:
+                self.cols[name][pos - hn] = value
+            else:
+                if name in self._shared:
+                    self._unshare(name)
+                self.arrays[name][pos] = value
+                chunk = pos - pos % TEXT_CHUNK
+                self._text.pop((name, chunk, False), None)
+                self._text.pop((name, chunk, True), None)
             index = self.eqidx.get(name)
             if index is not None:
                 _index_add(index, value, pos)
                 self._eqstale[name] += 1
-                if self._eqstale[name] > len(self.pks):   # mostly stale: build it again
+                if self._eqstale[name] > len(self.live):   # mostly stale: build it again
                     del self.eqidx[name]
         self.version += 1
 
     def _index_row(self, pos: int) -> None:
         """Add the row at *pos* to every equality index (lock held)."""
         for name, index in self.eqidx.items():
-            _index_add(index, self.cols[name][pos], pos)
+            _index_add(index, self._value(name, pos), pos)
 
-    def _index_lookup(self, name: str, value: Any) -> list[int] | None:
+    def _build_index(self, name: str) -> dict[Any, Any]:
+        """Return the equality index of column *name*: value -> slot or array of slots."""
+        array = self._array(name)
+        codes, uniques = pd.factorize(array)      # None gets code -1
+        counts = np.bincount(codes + 1, minlength=len(uniques) + 1)
+        order = np.argsort(codes, kind="stable")  # slots grouped by value, ascending
+        stops = np.cumsum(counts)
+        keys = [None, *uniques.tolist()]
+        single = np.flatnonzero(counts == 1)
+        index: dict[Any, Any] = dict(zip([keys[k] for k in single.tolist()],
+                                         order[stops[single] - 1].tolist(), strict=True))
+        for k in np.flatnonzero(counts > 1).tolist():
+            slots = order[stops[k] - counts[k]:stops[k]]
+            index[keys[k]] = Slots("q", slots.tobytes())
+        return index
+
+    def _index_lookup(self, name: str, value: Any) -> np.ndarray | None:
         """Return the live positions whose *name* equals *value*, ascending, by the
         column's equality index (built here when worth it); None when there is none."""
         index = self.eqidx.get(name)
         if index is None:
             field = self.fields[name]
-            if len(self.pks) < INDEX_MIN or field.kind not in ("str", "int", "ref"):
+            if len(self.live) < INDEX_MIN or field.kind not in ("str", "int", "ref"):
                 return None
-            index = {}
-            for pos, v in enumerate(self.cols[name]):
-                _index_add(index, v, pos)
-            self.eqidx[name] = index
+            index = self.eqidx[name] = self._build_index(name)
             self._eqstale[name] = 0
         entry = index.get(value)
         if entry is None:
-            return []
+            return np.zeros(0, dtype=np.int64)
         if entry.__class__ is int:
-            entry = [entry]
-        elif len(entry) * 8 > len(self.pks):   # a common value: a vectorised scan is cheaper
+            slots = np.array([entry], dtype=np.int64)
+        elif len(entry) * 8 > len(self.live):   # a common value: a vectorised scan is cheaper
             return None
-        column, live = self.cols[name], self.live
+        else:
+            slots = np.frombuffer(entry, dtype=np.int64).copy()   # entry may grow later
         if self._eqstale[name] == 0 and not self.dead:
-            return entry if entry == sorted(entry) else sorted(entry)
-        return sorted({p for p in entry if live[p] and column[p] == value})
+            return slots   # appended in slot order, never changed: ascending
+        self._flush()
+        slots = np.unique(slots)
+        keep = np.frombuffer(bytes(self.live), dtype=np.bool_)[slots]
+        keep &= _equal(self.arrays[name][slots], value)
+        return slots[keep]
 
     def _kill(self, pos: int) -> None:
-        pk = self.pks[pos]
+        pk = self._value("pk", pos)
         del self.index[pk]
         self.live[pos] = 0
         self.dead += 1
         self.livemut += 1
         self.version += 1
-        if self.dead > COMPACT_MIN and self.dead * 2 > len(self.pks):
+        if self.dead > COMPACT_MIN and self.dead * 2 > len(self.live):
             self._compact()
 
     def _compact(self) -> None:
-        """Remove tombstones in place (the lists keep their identity: compiled code holds them)."""
-        live = self.live
-        self.pks[:] = itertools.compress(self.pks, live)
-        for column in self.cols.values():
-            column[:] = itertools.compress(column, live)
+        """Remove tombstones: new arrays of the live rows, the index and live bytes anew."""
+        self._flush()
+        keep = np.frombuffer(bytes(self.live), dtype=np.bool_)
+        for name, array in self.arrays.items():
+            self.arrays[name] = array[:self.hn][keep]
+        self.hn = n = len(self.arrays["pk"])
         self.index.clear()
-        self.index.update(zip(self.pks, range(len(self.pks)), strict=False))
-        self.live[:] = b"\x01" * len(self.pks)
+        self.index.update(zip(self.arrays["pk"].tolist(), range(n), strict=True))
+        self.live[:] = b"\x01" * n
         self.dead = 0
-        for name in self.colmut:
-            self.colmut[name] += 1
+        self._changed_all()
+
+    def _changed_all(self) -> None:
+        """Forget every cache of the columns (they were replaced)."""
         self.livemut += 1
-        self._arrays.clear()
-        self._joined.clear()
+        self._shared.clear()
+        self._text.clear()
         self.eqidx.clear()
+        self._rebind()
 
     def _clear(self) -> None:
         self.pks.clear()
         for column in self.cols.values():
             column.clear()
+        for name, dtype in self.dtypes.items():
+            self.arrays[name] = np.empty(0, dtype)
+        self.hn = 0
         self.index.clear()
         self.live.clear()
         self.dead = 0
-        for name in self.colmut:
-            self.colmut[name] += 1
-        self.livemut += 1
-        self._arrays.clear()
-        self._joined.clear()
-        self.eqidx.clear()
+        self._changed_all()
         self.version += 1
 
-    def _load(self, pks: list[str], cols: dict[str, list]) -> None:
-        """Replace every row with loaded columns (trusted, checked by the loader)."""
+    def _load(self, pks: Sequence[str], cols: dict[str, Sequence],
+              index: dict[str, int] | None = None) -> None:
+        """Replace every row with loaded columns (trusted, checked by the loader).
+
+        *pks* and the columns are lists or numpy arrays of the table's dtypes;
+        *index*, when the loader built it already, maps each pk to its slot.
+        """
         self._clear()
-        self.pks.extend(pks)
-        for name, column in self.cols.items():
-            column.extend(cols[name])
-        self.index.update(zip(pks, range(len(pks)), strict=False))
-        self.live.extend(b"\x01" * len(pks))
+        n = len(pks)
+        self.arrays["pk"] = _column(self.pk_field, self.dtypes["pk"], pks)
+        for name in self.schema.names:
+            self.arrays[name] = _column(self.fields[name], self.dtypes[name], cols[name])
+        self.hn = n
+        if index is None:
+            index = dict(zip(self.arrays["pk"].tolist(), range(n), strict=True))
+        self.index.update(index)
+        self.live.extend(b"\x01" * n)
+        self._shared.update(self.arrays)   # the loader's arrays: copy before writing into them
+        self._rebind()
         self.version += 1
 
     # --- reads (lock held) ------------------------------------------------------------
 
     def _array(self, name: str) -> np.ndarray:
-        """Return column *name* (or ``pk``) as a read-only array over every slot."""
-        source = self.pks if name == "pk" else self.cols[name]
-        n = len(source)
-        mut = self.colmut[name]
-        cached = self._arrays.get(name)
-        if cached is not None and cached[2] == mut:
-            if cached[1] == n:
-                return cached[0]
-            tail = _to_array(self.field(name), source[cached[1]:n])
-            array = np.concatenate((cached[0], tail))
-        else:
-            array = _to_array(self.field(name), source)
-        array.flags.writeable = False
-        self._arrays[name] = (array, n, mut)
-        return array
+        """Return column *name* (or ``pk``) as an array over every slot.
+
+        The array is the table's own: use it under the lock and keep no reference
+        (see :meth:`_export` for one that may be kept).
+        """
+        if self.pks:
+            self._flush()
+        return self.arrays[name][:self.hn]
+
+    def _export(self, name: str) -> np.ndarray:
+        """Return column *name* as a read-only array a reader may keep.
+
+        The column is marked shared: the next write into its slots copies it first.
+        """
+        array = self._array(name)
+        self._shared.add(name)
+        view = array.view()
+        view.flags.writeable = False
+        return view
 
     def _live_positions(self) -> np.ndarray | None:
         """Return the positions of live rows, or None when no row is dead."""
         if not self.dead:
             return None
-        n = len(self.pks)
+        n = len(self.live)
         cached = self._livecache
         if cached is not None and cached[0] == n and cached[1] == self.livemut:
             return cached[2]
@@ -391,44 +513,78 @@ class Table:
 
     def _all_positions(self) -> np.ndarray:
         live = self._live_positions()
-        return np.arange(len(self.pks)) if live is None else live
+        return np.arange(len(self.live)) if live is None else live
 
-    def _joined_column(self, name: str) -> tuple[str, np.ndarray] | None:
-        """Return a str column joined by NUL with the start offset of each slot (cached)."""
-        column = self.pks if name == "pk" else self.cols[name]
-        n, mut = len(column), self.colmut[name]
-        cached = self._joined.get(name)
-        if cached is not None and cached[0] == n and cached[1] == mut:
-            return cached[2], cached[3]
-        if any(v is None for v in column):
+    def _text_chunk(self, name: str, base: int, fold: bool) -> tuple[str, np.ndarray] | None:
+        """Return slots ``base..base+TEXT_CHUNK`` of a str column joined by NUL (None as
+        ``''``; casefolded with *fold*) and each slot's start offset; None when a value
+        holds a NUL. Cached until a slot of the chunk changes."""
+        stop = min(base + TEXT_CHUNK, self.hn)
+        key = (name, base, fold)
+        cached = self._text.get(key)
+        if cached is not None and cached[0] == stop - base:
+            return None if cached[1] is None else (cached[1], cached[2])
+        values = self.arrays[name][base:stop].tolist()
+        if None in values:
+            values = ["" if v is None else v for v in values]
+        text = "\x00".join(values)
+        if text.count("\x00") != len(values) - 1:
+            self._text[key] = (stop - base, None, None)
             return None
-        text = "\x00".join(column)
-        if text.count("\x00") != max(n - 1, 0):
-            self._joined[name] = None
-            return None
-        lengths = np.fromiter(map(len, column), dtype=np.int64, count=n) + 1
-        starts = np.zeros(n, dtype=np.int64)
+        if fold:
+            folded = text.casefold()
+            if len(folded) != len(text):
+                values = folded.split("\x00")
+            text = folded
+        lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values)) + 1
+        starts = np.zeros(len(values), dtype=np.int64)
         np.cumsum(lengths[:-1], out=starts[1:])
-        self._joined[name] = (n, mut, text, starts)
+        self._text[key] = (stop - base, text, starts)
         return text, starts
 
-    def _rows_at(self, positions: Sequence[int]) -> tuple[list[str], dict[str, list]]:
-        """Copy the rows at *positions* out of the buffers."""
-        if isinstance(positions, np.ndarray):
-            positions = positions.tolist()
-        getters = [self.pks.__getitem__] + [c.__getitem__ for c in self.cols.values()]
-        pks = list(map(getters[0], positions))
-        cols = {name: list(map(g, positions))
-                for name, g in zip(self.cols, getters[1:], strict=True)}
+    def _find(self, name: str, op: str, needle: str) -> np.ndarray | None:
+        """Return the mask of slots whose text matches *needle* per *op* (contains,
+        icontains, startswith, endswith), searching the joined chunks; None when a
+        value holds a NUL (the caller then tests each value)."""
+        self._array(name)
+        mask = np.zeros(self.hn, dtype=bool)
+        fold = op == "icontains"
+        if fold:
+            needle = needle.casefold()
+        pattern = {"startswith": "\x00" + needle, "endswith": needle + "\x00"}.get(op, needle)
+        for base in range(0, self.hn, TEXT_CHUNK):
+            chunk = self._text_chunk(name, base, fold)
+            if chunk is None:
+                return None
+            text, starts = chunk
+            found = _occurrences(text, pattern)
+            if op == "startswith":
+                found += 1     # the slot begins after the NUL
+                if text.startswith(needle):
+                    found = np.concatenate(([0], found))
+            elif op == "endswith" and text.endswith(needle):
+                found = np.concatenate((found, [len(text) - 1]))
+            if len(found):
+                mask[base + np.searchsorted(starts, found, side="right") - 1] = True
+        return mask
+
+    def _rows_at(self, positions: Any) -> tuple[list[str], dict[str, list]]:
+        """Copy the rows at *positions* out of the columns."""
+        positions = np.asarray(positions, dtype=np.int64)
+        pks = self._array("pk")[positions].tolist()
+        cols = {name: self.arrays[name][:self.hn][positions].tolist() for name in self.cols}
         return pks, cols
 
-    def _live_rows(self) -> tuple[list[str], dict[str, list]]:
-        """Copy every live row out of the buffers (for snapshots and frames)."""
-        if not self.dead:
-            return self.pks[:], {name: c[:] for name, c in self.cols.items()}
-        live = self.live
-        return (list(itertools.compress(self.pks, live)),
-                {name: list(itertools.compress(c, live)) for name, c in self.cols.items()})
+    def _live_rows(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Return every live row as read-only arrays (for snapshots); no copy when no
+        row is dead."""
+        live = self._live_positions()
+        names = ("pk",) + self.schema.names
+        if live is None:
+            arrays = {name: self._export(name) for name in names}
+        else:
+            arrays = {name: self._array(name)[live] for name in names}
+        return arrays.pop("pk"), arrays
 
     def _instance(self, pk: str, row: dict[str, Any]) -> Model:
         instance = object.__new__(self.model)
@@ -437,6 +593,45 @@ class Table:
         for name, value in row.items():
             d[name] = clone(value) if value.__class__ in (list, set, dict) else value
         return instance
+
+
+def _dtype(field: Field) -> Any:
+    """Return the numpy dtype a field's column is kept in."""
+    if field.nullable:
+        return object
+    return _SCALAR_DTYPES.get(field.kind, object)
+
+
+def _column(field: Field, dtype: Any, values: Sequence) -> np.ndarray:
+    """Return *values* as a column array of *dtype* (arrays of that dtype as they are)."""
+    if isinstance(values, np.ndarray) and values.dtype == dtype and values.ndim == 1:
+        return values
+    return _to_array(field, list(values))
+
+
+def _equal(array: np.ndarray, value: Any) -> np.ndarray:
+    """Return the mask of the items of *array* equal to *value*."""
+    if array.dtype != object and value is not None:
+        return np.asarray(array == value, dtype=bool)
+    if value is None:
+        return np.fromiter((v is None for v in array), dtype=bool, count=len(array))
+    return np.asarray(array == value, dtype=bool)
+
+
+def _occurrences(text: str, pattern: str) -> np.ndarray:
+    """Return the offsets of the non-overlapping occurrences of *pattern* in *text*."""
+    # The regular expression engine scans for a literal faster than str.find or
+    # str.count do when its first character is common in the text.
+    finder = _finders.get(pattern)
+    if finder is None:
+        if len(_finders) > 256:
+            _finders.clear()
+        finder = _finders[pattern] = re.compile(re.escape(pattern)).finditer
+    found = [match.start() for match in finder(text)]
+    return np.array(found, dtype=np.int64)
+
+
+_finders: dict[str, Any] = {}
 
 
 def _fast_test(field: Field, var: str) -> str:
@@ -472,6 +667,40 @@ def _to_array(field: Field, values: list) -> np.ndarray:
 
 # --- query results ----------------------------------------------------------------------
 
+#: Reading at least this many rows as instances pauses the cyclic garbage collector.
+GC_PAUSE_MIN = 1000
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+_gc_resume = False
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Hold off the cyclic garbage collector while many instances are made.
+
+    Each instance is a tracked container: made by the thousand with the collector
+    on, they trigger young collections that move them, while the caller still
+    holds them, towards the oldest generation, whose growth in turn triggers full
+    collections of the whole process. Paused, the collector counts them and runs
+    after; instances the caller has dropped by then are never walked at all.
+    Pauses nest across threads; the collector is enabled again by the last one
+    out, and only if it was enabled when the first came in.
+    """
+    global _gc_pauses, _gc_resume
+    with _gc_lock:
+        if not _gc_pauses:
+            _gc_resume = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if not _gc_pauses and _gc_resume:
+                gc.enable()
+
+
 
 class Rows(Sequence):
     """The rows a query matched: a consistent copy, read as Model instances on demand."""
@@ -494,7 +723,10 @@ class Rows(Sequence):
         return self._table._instance(pk, {name: c[index] for name, c in self._cols.items()})
 
     def __iter__(self) -> Iterator[Model]:
-        return iter(self._table.make_rows(self.pks, *self._cols.values()))
+        if len(self.pks) < GC_PAUSE_MIN:
+            return iter(self._table.make_rows(self.pks, *self._cols.values()))
+        with _gc_paused():
+            return iter(self._table.make_rows(self.pks, *self._cols.values()))
 
     def __repr__(self) -> str:
         return f"<Rows {self._table.name}: {len(self.pks)} rows>"
@@ -663,7 +895,7 @@ class Database:
             if changes:
                 table._set(pos, changes)
                 self._journal(("u", table.name, pk, changes))
-            row_values = {name: column[pos] for name, column in table.cols.items()}
+            row_values = table._row(pos)
         return table._instance(pk, row_values)
 
     def drop(self, model: Any, row: Any, cascade: bool = False) -> int:
@@ -697,7 +929,8 @@ class Database:
                 hits = np.flatnonzero(_isin_object(array, set(pks)))
                 hits = [p for p in hits.tolist() if source.live[p]]
                 already = doomed.setdefault(source, {})
-                new = [source.pks[p] for p in hits if source.pks[p] not in already]
+                found = source._array("pk")[hits].tolist()
+                new = [pk for pk in found if pk not in already]
                 if not new:
                     continue
                 if not cascade:
@@ -821,16 +1054,11 @@ class Database:
             positions = self._select(table, filters) if filters else None
             array = table._array(field)
             if positions is None:
-                live = table._live_positions()
-                values = array if live is None else array[live]
-            else:
-                values = array[positions]
-        if how == "count":
-            return int(len(values))
-        if not len(values):
-            return None
-        result = getattr(np, how)(values)
-        return result.item() if hasattr(result, "item") else result
+                positions = table._live_positions()
+            if positions is None:   # the table's own array: reduce it under the lock
+                return _reduce(array, how)
+            values = array[positions]
+        return _reduce(values, how)
 
     def frame(self, model: Any) -> pd.DataFrame:
         """Return the table as a pandas DataFrame to read (``pk`` first).
@@ -845,7 +1073,7 @@ class Database:
             if cached is not None and cached[0] == version:
                 return self._reader_copy(table, cached[1])
             live = table._live_positions()
-            arrays = {name: table._array(name) for name in ("pk",) + table.schema.names}
+            arrays = {name: table._export(name) for name in ("pk",) + table.schema.names}
         data = {}
         for name, array in arrays.items():
             if live is not None:
@@ -974,7 +1202,7 @@ class Database:
                 if flt.op == "eq" and flt.field is not table.pk_field:
                     found = table._index_lookup(flt.field.name, flt.value)
                     if found is not None:
-                        candidates = np.array(found, dtype=np.int64)
+                        candidates = found
                         plain = [f for f in plain if f is not flt]
                         break
         mask = None
@@ -983,7 +1211,7 @@ class Database:
             mask = part if mask is None else mask & part
         for name, sub in follow.items():
             target = self._tables[table.fields[name].ref.__name__]
-            keys = set(target.pks[p] for p in self._select(target, sub).tolist())
+            keys = set(target._array("pk")[self._select(target, sub)].tolist())
             array = table._array(name)
             if candidates is not None:
                 array = array[candidates]
@@ -1034,10 +1262,11 @@ class Database:
             return ~mask if op == "nin" else mask
         if op == "contains" and field.kind in ("list", "set", "dict"):
             return np.fromiter((value in v for v in array), dtype=bool, count=n)
-        if op == "contains" and candidates is None and not field.nullable:
-            joined = table._joined_column(field.name)
-            if joined is not None and "\x00" not in value and value:
-                return _find_all(joined[0], joined[1], value, n)
+        if (op in _TEXT_OPS and candidates is None and field.kind in ("str", "ref")
+                and value and "\x00" not in value):
+            mask = table._find(field.name, op, value)
+            if mask is not None:
+                return mask
         if op == "regex":
             search = value.search
             return np.fromiter((v is not None and search(v) is not None for v in array),
@@ -1138,7 +1367,7 @@ def _index_add(index: dict[Any, Any], value: Any, pos: int) -> None:
     if entry is None:
         index[value] = pos
     elif entry.__class__ is int:
-        index[value] = [entry, pos]
+        index[value] = Slots("q", (entry, pos))
     else:
         entry.append(pos)
 
@@ -1155,27 +1384,14 @@ def _isin_object(array: np.ndarray, keys: set) -> np.ndarray:
     return np.fromiter(map(contains, array), dtype=bool, count=len(array))
 
 
-def _find_all(text: str, starts: np.ndarray, needle: str, n: int) -> np.ndarray:
-    """Return the mask of slots of a NUL-joined column whose text contains *needle*."""
-    mask = np.zeros(n, dtype=bool)
-    find = text.find
-    at = find(needle)
-    found = 0
-    limit = n // 8 + 64
-    while at >= 0:
-        slot = int(np.searchsorted(starts, at, side="right")) - 1
-        mask[slot] = True
-        found += 1
-        if found > limit:   # many matches: one pass over every slot is cheaper
-            rest = text[starts[slot + 1]:] if slot + 1 < n else ""
-            tail = rest.split("\x00") if rest else []
-            mask[slot + 1:] = np.fromiter((needle in v for v in tail), dtype=bool,
-                                          count=len(tail))
-            return mask
-        if slot + 1 >= n:
-            break
-        at = find(needle, int(starts[slot + 1]))
-    return mask
+def _reduce(values: np.ndarray, how: str) -> Any:
+    """Return one aggregate of *values* as a Python value (None when there are none)."""
+    if how == "count":
+        return int(len(values))
+    if not len(values):
+        return None
+    result = getattr(np, how)(values)
+    return result.item() if hasattr(result, "item") else result
 
 
 def _argsort(values: np.ndarray, descending: bool) -> np.ndarray:

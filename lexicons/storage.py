@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
 import logging
 import os
@@ -45,6 +46,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 
 from .database import Database, Table
 from .errors import StorageError, ValidationError
@@ -56,6 +59,8 @@ log = logging.getLogger("lexicons.storage")
 JOURNAL_PATTERN = re.compile(r"^journal\.(\d+)$")
 _BOOLS = {"true": True, "false": False, "True": True, "False": False}
 _INT = re.compile(r"[+-]?\d+")
+_SPECIAL = (b",", b'"', b"\r", b"\n")
+_ARROW_TYPES = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}
 
 
 def _json_cell(field: Field) -> bool:
@@ -66,7 +71,9 @@ def _json_cell(field: Field) -> bool:
 # --- writing a table -------------------------------------------------------------------
 
 
-def _encode_column(field: Field, values: list) -> Any:
+def _encode_column(field: Field, values: Any) -> list:
+    """Return a column's cells for the csv module (the writer of data Arrow refuses)."""
+    values = values.tolist() if isinstance(values, np.ndarray) else list(values)
     kind = field.kind
     if _json_cell(field):
         dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -79,16 +86,62 @@ def _encode_column(field: Field, values: list) -> Any:
     return values
 
 
-def write_table(path: str, schema: Schema, pks: list[str], cols: dict[str, list]) -> None:
-    """Write one table to *path* atomically (temporary file, fsync, rename, fsync dir)."""
+def _arrow_column(field: Field, values: Any) -> pa.Array:
+    """Return a column as an Arrow array to write (strings for JSON cells)."""
+    if _json_cell(field):
+        dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+        return pa.array([dumps(to_json(v)) for v in values], type=pa.string())
+    kind = "str" if field.kind == "ref" else field.kind
+    return pa.array(values, type=_ARROW_TYPES[kind], from_pandas=False)
+
+
+def _arrow_table(schema: Schema, pks: Any, cols: dict[str, Any]) -> pa.Table | None:
+    """Return the rows as an Arrow table, or None for data Arrow cannot hold (text
+    with lone surrogates)."""
+    try:
+        arrays = [pa.array(pks, type=pa.string())]
+        arrays += [_arrow_column(schema.fields[n], cols[n]) for n in schema.names]
+    except (UnicodeError, pa.ArrowException, ValueError, TypeError):
+        return None
+    return pa.Table.from_arrays(arrays, names=["pk", *schema.names])
+
+
+def _needs_quotes(table: pa.Table) -> bool:
+    """Tell whether any text cell holds a comma, a quote or a line break."""
+    for column in table.columns:
+        if column.type != pa.string():
+            continue
+        for chunk in column.chunks:
+            data = chunk.buffers()[2]   # the UTF-8 bytes of every cell, end to end
+            if data is None:
+                continue
+            text = data.to_pybytes()
+            if any(char in text for char in _SPECIAL):
+                return True
+    return False
+
+
+def write_table(path: str, schema: Schema, pks: Any, cols: dict[str, Any]) -> None:
+    """Write one table to *path* atomically (temporary file, fsync, rename, fsync dir).
+
+    *pks* and the columns are lists or arrays. Arrow formats the rows (floats in
+    their shortest exact form); text is quoted only when some cell needs it, and
+    then every text cell is. Text Arrow refuses goes through the csv module.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
-    columns = [pks] + [_encode_column(schema.fields[n], cols[n]) for n in schema.names]
+    header = ",".join(("pk",) + schema.names) + "\r\n"
+    table = _arrow_table(schema, pks, cols) if len(pks) else None
     try:
-        with open(tmp, "w", encoding="utf-8", errors="surrogatepass", newline="") as handle:
-            writer = csv.writer(handle, lineterminator="\r\n")
-            writer.writerow(("pk",) + schema.names)
-            writer.writerows(zip(*columns, strict=False))
+        with open(tmp, "wb") as handle:
+            handle.write(header.encode("utf-8"))
+            if table is not None:
+                style = "needed" if _needs_quotes(table) else "none"
+                options = pacsv.WriteOptions(include_header=False, batch_size=1 << 16,
+                                             quoting_style=style, eol="\r\n")
+                pacsv.write_csv(table, handle, write_options=options)
+            elif len(pks):
+                handle.write(_csv_rows(schema, pks, cols))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -101,15 +154,29 @@ def write_table(path: str, schema: Schema, pks: list[str], cols: dict[str, list]
         raise StorageError(f"cannot write {path}: {exc}") from exc
 
 
+def _csv_rows(schema: Schema, pks: Any, cols: dict[str, Any]) -> bytes:
+    """Return the rows as CSV bytes written by the csv module."""
+    columns = [_encode_column(Field(schema.name, "pk", "str"), pks)]
+    columns += [_encode_column(schema.fields[n], cols[n]) for n in schema.names]
+    out = io.StringIO(newline="")
+    csv.writer(out, lineterminator="\r\n").writerows(zip(*columns, strict=True))
+    return out.getvalue().encode("utf-8", "surrogatepass")
+
+
 # --- reading a table ---------------------------------------------------------------------
 
 
 class Loaded:
-    """A table read from its CSV file, with what migration did to it."""
+    """A table read from its CSV file, with what migration did to it.
 
-    def __init__(self, pks: list[str], cols: dict[str, list], added: list[str],
-                 dropped: list[str]):
+    ``pks`` and ``cols`` are arrays (or lists) in the table's dtypes; ``index``
+    maps each pk to its row.
+    """
+
+    def __init__(self, pks: Any, cols: dict[str, Any], added: list[str], dropped: list[str],
+                 index: dict[str, int]):
         self.pks, self.cols, self.added, self.dropped = pks, cols, added, dropped
+        self.index = index
 
 
 def read_table(path: str, schema: Schema) -> Loaded:
@@ -120,24 +187,59 @@ def read_table(path: str, schema: Schema) -> Loaded:
     duplicates = sorted({h for h in header if header.count(h) > 1})
     if duplicates:
         raise StorageError(f"{path}: column {duplicates[0]!r} appears twice in the header")
-    dtypes: dict[str, Any] = {}
-    for name in header:
-        field = schema.fields.get(name)
-        dtypes[name] = _DTYPE.get(field.kind, object) if field and not field.nullable else object
-    frame = _read_frame(path, dtypes, schema)
-    _check_cell_counts(path, header, frame)
-    pks = _decode_pks(path, frame["pk"].to_numpy())
-    cols: dict[str, list] = {}
+    cells = _read_arrow(path, header, schema)
+    if cells is None:   # Arrow refused the file: pandas reads it, or says what is wrong
+        dtypes: dict[str, Any] = {}
+        for name in header:
+            field = schema.fields.get(name)
+            dtypes[name] = (_DTYPE.get(field.kind, object) if field and not field.nullable
+                            else object)
+        frame = _read_frame(path, dtypes, schema)
+        _check_cell_counts(path, header, frame)
+        cells = {name: frame[name].to_numpy() for name in frame.columns}
+    pks, index = _decode_pks(path, cells["pk"])
+    cols: dict[str, Any] = {}
     n = len(pks)
     for name in schema.names:
         field = schema.fields[name]
-        if name in frame.columns:
-            cols[name] = _decode_column(path, field, frame[name].to_numpy())
+        if name in cells:
+            cols[name] = _decode_column(path, field, cells[name])
         else:
             cols[name] = [field.fresh_default() for _ in range(n)]
     added = [n for n in schema.names if n not in header]
     dropped = [h for h in header if h != "pk" and h not in schema.fields]
-    return Loaded(pks, cols, added, dropped)
+    return Loaded(pks, cols, added, dropped, index)
+
+
+def _read_arrow(path: str, header: list[str], schema: Schema) -> dict[str, np.ndarray] | None:
+    """Return the cells of the model's columns, parsed by Arrow (numbers and booleans
+    typed, the rest as text); None when Arrow refuses the file."""
+    types = {}
+    for name in header:
+        field = schema.fields.get(name)
+        if field is not None and not field.nullable and field.kind in ("int", "float", "bool"):
+            types[name] = _ARROW_TYPES[field.kind]
+        else:
+            types[name] = pa.string()
+    wanted = [name for name in header if name == "pk" or name in schema.fields]
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        convert = pacsv.ConvertOptions(
+            column_types=types, include_columns=wanted, null_values=[],
+            strings_can_be_null=False, quoted_strings_can_be_null=False,
+            true_values=["true", "True"], false_values=["false", "False"])
+        # Quoted cells may hold line breaks, which the parallel reader cannot split at.
+        parse = pacsv.ParseOptions(newlines_in_values=b'"' in data)
+        table = pacsv.read_csv(pa.py_buffer(data), parse_options=parse,
+                               convert_options=convert)
+    except (OSError, pa.ArrowException):
+        return None
+    cells = {}
+    for name in wanted:
+        column = table.column(name)
+        cells[name] = column.to_numpy(zero_copy_only=False)
+    return cells
 
 
 _DTYPE = {"int": "int64", "float": "float64"}
@@ -226,11 +328,12 @@ def _bad_cell(path: str, row: int, column: str, text: Any, why: str) -> StorageE
                         f"{why}, found {shown}")
 
 
-def _decode_pks(path: str, cells: np.ndarray) -> list[str]:
+def _decode_pks(path: str, cells: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+    """Return the pks and the index pk -> row; StorageError for an empty or repeated pk."""
     pks = cells.tolist()
-    unique = set(pks)
-    if len(unique) == len(pks) and "" not in unique:
-        return pks
+    index = dict(zip(pks, range(len(pks)), strict=True))
+    if len(index) == len(pks) and "" not in index:
+        return cells, index
     seen: dict[str, int] = {}
     for row, pk in enumerate(pks, start=1):
         if not pk:
@@ -241,21 +344,23 @@ def _decode_pks(path: str, cells: np.ndarray) -> list[str]:
     return pks
 
 
-def _decode_column(path: str, field: Field, cells: np.ndarray) -> list:
+def _decode_column(path: str, field: Field, cells: np.ndarray) -> Any:
+    """Return a column's values (an array, or a list) from its parsed cells."""
     kind = field.kind
-    if cells.dtype != object:             # int64 / float64 parsed by pandas
-        return cells.tolist()
-    texts = cells.tolist()
+    if cells.dtype != object:             # int64 / float64 / bool parsed already
+        return cells
     if _json_cell(field):
+        texts = cells.tolist()
         return [_decode_json(path, field, row, text) for row, text in enumerate(texts, 1)]
     if kind == "str":
-        return texts
+        return cells
+    texts = cells.tolist()
     if kind == "ref":
         return [text or None for text in texts]
     if kind == "bool" and not field.nullable:
         true = (cells == "true") | (cells == "True")
         if (true | (cells == "false") | (cells == "False")).all():
-            return true.tolist()
+            return true
     out = []
     for row, text in enumerate(texts, start=1):
         if text == "" and field.nullable:
@@ -336,7 +441,7 @@ class Storage:
             if result is None:
                 continue
             with self.db.lock:
-                table._load(result.pks, result.cols)
+                table._load(result.pks, result.cols, result.index)
                 if not (result.added or result.dropped):
                     table.saved_version = table.version
         known = {t.name for t in tables}

@@ -1,12 +1,13 @@
 """Tests of Database: writes, look-ups, filters, references, frames and threads."""
 from __future__ import annotations
 
+import gc
 import threading
 
 import numpy as np
 import pytest
 
-from lexicons import Database, Model, verify_password
+from lexicons import Database, Model, database, verify_password
 from lexicons.database import Rows
 from lexicons.errors import (
     DatabaseError,
@@ -399,3 +400,93 @@ def test_equality_index_follows_every_write(db):
     assert [r.pk for r in db.query(Person, name="p5")] == [late.pk]
     assert [r.name for r in db.query(Person, name="p5000")] == []
     assert db.get(Person, name="p2999").pk == rows[5999].pk
+
+
+@pytest.fixture
+def small_tail(monkeypatch):
+    """Move rows into the numpy columns every 64 creates, and cut text into 50-row pieces."""
+    monkeypatch.setattr(database, "TAIL_MAX", 64)
+    monkeypatch.setattr(database, "TEXT_CHUNK", 50)
+    return Database([Team, Person, Post])
+
+
+def test_rows_read_the_same_from_the_columns_and_the_tail(small_tail):
+    """Rows moved into the numpy columns and rows still in the tail read, update and drop
+    alike, with Python values and private container copies."""
+    db = small_tail
+    rows = [db.create(Person, name=f"p{i}", age=i, score=i / 2, active=i % 2 == 0,
+                      tags=[str(i)], nick=None if i % 3 else f"n{i}") for i in range(200)]
+    table = db.table(Person)
+    assert 0 < table.hn < 200 and table.pks   # some rows in the columns, some in the tail
+    for row in (rows[0], rows[150], rows[199]):
+        got = db.get(Person, row.pk)
+        assert got == row and type(got.age) is int and type(got.score) is float
+        assert type(got.active) is bool
+        got.tags.append("evil")
+        assert db.get(Person, row.pk).tags == row.tags
+    db.update(Person, rows[1].pk, age=-1, tags=["x"], nick="late")
+    db.update(Person, rows[199].pk, age=-2)
+    assert db.get(Person, rows[1].pk).tags == ["x"] and db.get(Person, rows[1].pk).nick == "late"
+    assert [r.name for r in db.query(Person, age__lt=0)] == ["p1", "p199"]
+    assert db.count(Person, nick=None) == 132
+    for row in rows[:180]:
+        db.drop(Person, row.pk)
+    assert db.count(Person) == 20 and db.get(Person, rows[190].pk).age == 190
+    assert db.Person.age.tolist() == [*range(180, 199), -2]
+
+
+def test_a_frame_keeps_what_it_saw(small_tail):
+    """Updating a row after db.<Model> was read does not change that frame."""
+    db = small_tail
+    rows = [db.create(Person, name=f"p{i}", age=i, tags=[str(i)]) for i in range(100)]
+    frame = db.Person
+    db.update(Person, rows[3].pk, age=1000, name="changed", tags=[])
+    assert frame.age.iloc[3] == 3 and frame.name.iloc[3] == "p3" and frame.tags.iloc[3] == ["3"]
+    assert db.Person.age.iloc[3] == 1000 and db.get(Person, rows[3].pk).name == "changed"
+
+
+@pytest.mark.parametrize("op", ["contains", "icontains", "startswith", "endswith"])
+def test_text_filters_match_python_on_every_piece(small_tail, op):
+    """Text filters over many pieces of joined text select what Python's str methods
+    select, None never matching, and follow updates."""
+    db = small_tail
+    words = ["Alpha", "alphabet", "beta", "ALPHA", "gamma al", "", "ßtraße", "xAl", "al"]
+    for i in range(300):
+        db.create(Person, name=words[i % len(words)] + (str(i) if i % 4 else ""),
+                  nick=None if i % 5 == 0 else words[(i + 3) % len(words)])
+    tests = {"contains": lambda v, n: n in v, "startswith": str.startswith,
+             "endswith": str.endswith, "icontains": lambda v, n: n.casefold() in v.casefold()}
+    match = tests[op]
+    for needle in ("al", "Al", "a", "9", "SS", "ß", "alpha0", "zz"):
+        for name in ("name", "nick"):
+            expected = [r.pk for r in db.query(Person)
+                        if getattr(r, name) is not None and match(getattr(r, name), needle)]
+            got = db.query(Person, **{f"{name}__{op}": needle}).pks
+            assert got == expected, (name, needle)
+    first = db.query(Person).pks[0]
+    db.update(Person, first, name="zz-al-zz")
+    assert first in db.query(Person, **{f"name__{op}": "zz" if op != "endswith" else "zz"}).pks
+
+
+def test_text_with_a_nul_is_still_found(small_tail):
+    """A value holding a NUL character is searched value by value, not missed."""
+    db = small_tail
+    for i in range(120):
+        db.create(Person, name=f"a\x00b{i}" if i == 7 else f"name{i}")
+    assert db.query(Person, name__contains="b7").column("name") == ["a\x00b7"]
+    assert db.count(Person, name__startswith="name") == 119
+
+
+def test_large_reads_pause_the_collector_and_restore_it(db):
+    """Reading many rows pauses the garbage collector and leaves it as it found it."""
+    for i in range(database.GC_PAUSE_MIN + 10):
+        db.create(Team, name=f"t{i}")
+    assert gc.isenabled()
+    assert len(list(db.query(Team))) == database.GC_PAUSE_MIN + 10
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        list(db.query(Team))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
