@@ -1,26 +1,35 @@
-"""The in-memory database: one table per Model, column buffers, vectorised scans.
+"""The in-memory database: one table per Model, numpy columns, vectorised scans.
 
 Theory of operation
 -------------------
-A :class:`Table` keeps each field as a Python list (a *column buffer*) plus a
-``pk -> position`` dict, so ``create`` is a handful of list appends and
-``get(pk)`` is one dict lookup. A dropped row leaves a tombstone (its byte in
-``live`` turns 0); tombstones are compacted away, in place, once they outnumber
-the live rows.
+A :class:`Table` keeps each field as a numpy array (int64, float64 and bool for
+plain numbers, object for the rest), plus a ``pk -> slot`` dict, so ``get(pk)``
+is one dict lookup and one read per field. Rows just created wait in Python
+lists, the *tail*, where ``create`` is a handful of list appends; every
+``TAIL_MAX`` creates, and before any scan, the tail moves into the arrays, which
+grow by half at least (amortised O(1) a row). A dropped row leaves a tombstone
+(its byte in ``live`` turns 0); tombstones are compacted away once they
+outnumber the live rows.
 
-Scans never walk the lists: a column is *materialised* once as a read-only
-numpy array, cached until the column changes. Appends only extend a cached
-array (its head is still right); an update or a drop replaces only what it
-touched. Filters are numpy expressions over those arrays; ``db.<Model>`` is a
-pandas DataFrame built from them (cached until the next write; each reader gets
-a copy-on-write view, so it can never change the database).
+Scans are numpy expressions over the arrays themselves, with no copy to make
+first. An equality filter on a large table builds an index of the column on
+first use (value -> slots) and keeps it up to date. Text filters (contains,
+icontains, startswith, endswith) search the column joined by NUL, cut in pieces
+of ``TEXT_CHUNK`` slots and cached per piece until a slot of it changes; the
+few matching slots are then the candidates the other filters look at.
+``db.<Model>`` is a pandas DataFrame over the arrays (cached until the next
+write; each reader gets a copy-on-write view). An array a reader may hold is
+marked *shared*: the next write into one of its slots copies it first, so a
+frame never changes under its reader. The garbage collector never walks a
+table: numpy arrays, the index dict (of str and int) and the text are not
+containers it tracks, and the tail stays short.
 
 One lock serialises every write and every read of the buffers, so a reader
 never sees half a write. Values are checked before the lock is taken; the
 part under the lock is short (appends, index updates, the journal hand-off).
-Stored values are never changed in place: an update stores a new object. So a
-materialised array, a query result or a journal record may hold a stored
-container without copying it; anything handed to a caller is a copy.
+Stored values are never changed in place: an update stores a new object. So an
+array, a query result or a journal record may hold a stored container without
+copying it; anything handed to a caller is a copy.
 
 Durability is pluggable: with a journal attached, every write hands it a small
 record (``('c', table, values)``, ``('u', table, pk, fields)``, ``('d', table,
@@ -34,7 +43,8 @@ What the calls return
 (detached copies). ``query`` returns :class:`Rows`: a sequence of instances,
 made only when read, holding a consistent copy of the matching rows; it also
 gives ``.pks``, ``.to_dicts()`` (JSON-ready) and ``.frame()`` (a DataFrame)
-without making instances at all.
+without making instances at all. Making many instances at once pauses the
+cyclic garbage collector (see :func:`_gc_paused`).
 """
 from __future__ import annotations
 
@@ -67,7 +77,7 @@ INDEX_MIN = 2048
 #: append to) up to this many; then, or at the next scan, they join the numpy columns.
 TAIL_MAX = 8192
 #: Slots per piece of the joined text that substring filters search (cached per piece).
-TEXT_CHUNK = 1 << 16
+TEXT_CHUNK = 1 << 18
 #: Aggregates accepted by :meth:`Database.aggregate`.
 AGGREGATES = ("count", "sum", "mean", "min", "max", "median", "std")
 
@@ -201,25 +211,26 @@ class Table:
                   "        J = DB.journal",
                   f"        if J is not None: TL.seq = J.append(('c', NAME, (pk{values},)))",
                   "    o = NEW(CLS)",
-                  "    o.__dict__.update(" + _dict_literal(self.schema, "v{i}") + ")",
-                  "    return o",
+                  "    d = o.__dict__"]
+        # Storing into the instance's own dict is quicker than building one to copy.
+        lines += _stores(self.schema, "v{i}", "    ")
+        lines += ["    return o",
                   "",
                   "def get_pk(pk):",
                   "    with LOCK:",
                   "        pos = INDEX.get(pk)",
                   "        if pos is None: return None",
+                  "        o = NEW(CLS)",
+                  "        d = o.__dict__",
                   "        p = pos - T.hn",
-                  "        if p >= 0:",
-                  "            d = " + _dict_literal(self.schema, "L{i}[p]", clone=False),
-                  "        else:",
-                  "            d = " + _dict_literal(self.schema, "G[{i}](pos)", clone=False),
-                  ]
+                  "        if p >= 0:"]
+        lines += _stores(self.schema, "L{i}[p]", "            ", clone=False)
+        lines += ["        else:"]
+        lines += _stores(self.schema, "G[{i}](pos)", "            ", clone=False)
         for name in names:
             if self.fields[name].kind in ("list", "set", "dict"):
                 lines.append(f"    d[{name!r}] = CLONE(d[{name!r}])")
-        lines += ["    o = NEW(CLS)",
-                  "    o.__dict__.update(d)",
-                  "    return o"]
+        lines += ["    return o"]
         args = "".join(f", v{i}" for i in range(len(names)))
         lines += ["",
                   f"def make_rows(pks{args}):",
@@ -227,8 +238,9 @@ class Table:
                   "    put = out.append",
                   f"    for pk{args}, in zip(pks{args}):",   # the comma: models without fields
                   "        o = NEW(CLS)",
-                  "        o.__dict__.update(" + _dict_literal(self.schema, "v{i}") + ")",
-                  "        put(o)",
+                  "        d = o.__dict__"]
+        lines += _stores(self.schema, "v{i}", "        ")
+        lines += ["        put(o)",
                   "    return out"]
         code = "\n".join(lines) + "\n"
         exec(compile(code, f"<lexicons table {self.name}>", "exec"), env)  # noqa: S102
@@ -543,11 +555,11 @@ class Table:
         return text, starts
 
     def _find(self, name: str, op: str, needle: str) -> np.ndarray | None:
-        """Return the mask of slots whose text matches *needle* per *op* (contains,
-        icontains, startswith, endswith), searching the joined chunks; None when a
-        value holds a NUL (the caller then tests each value)."""
+        """Return the slots (ascending, dead ones too) whose text matches *needle* per
+        *op* (contains, icontains, startswith, endswith), searching the joined pieces;
+        None when a value holds a NUL (the caller then tests each value)."""
         self._array(name)
-        mask = np.zeros(self.hn, dtype=bool)
+        parts = []
         fold = op == "icontains"
         if fold:
             needle = needle.casefold()
@@ -565,8 +577,11 @@ class Table:
             elif op == "endswith" and text.endswith(needle):
                 found = np.concatenate((found, [len(text) - 1]))
             if len(found):
-                mask[base + np.searchsorted(starts, found, side="right") - 1] = True
-        return mask
+                slots = np.searchsorted(starts, found, side="right") - 1
+                if len(slots) > 1:   # one slot may hold several occurrences
+                    slots = slots[np.concatenate(([True], slots[1:] != slots[:-1]))]
+                parts.append(slots + base)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def _rows_at(self, positions: Any) -> tuple[list[str], dict[str, list]]:
         """Copy the rows at *positions* out of the columns."""
@@ -648,14 +663,15 @@ def _fast_test(field: Field, var: str) -> str:
     return test
 
 
-def _dict_literal(schema: Schema, template: str, clone: bool = True) -> str:
-    parts = ["'pk': pk"]
+def _stores(schema: Schema, template: str, indent: str, clone: bool = True) -> list[str]:
+    """Return the lines storing ``pk`` and each field's value (per *template*) in ``d``."""
+    lines = [f"{indent}d['pk'] = pk"]
     for i, name in enumerate(schema.names):
         value = template.format(i=i)
         if clone and schema.fields[name].kind in ("list", "set", "dict"):
             value = f"CLONE({value})"
-        parts.append(f"{name!r}: {value}")
-    return "{" + ", ".join(parts) + "}"
+        lines.append(f"{indent}d[{name!r}] = {value}")
+    return lines
 
 
 def _to_array(field: Field, values: list) -> np.ndarray:
@@ -1205,6 +1221,16 @@ class Database:
                         candidates = found
                         plain = [f for f in plain if f is not flt]
                         break
+        if candidates is None:
+            for flt in plain:   # a text search: its few matches are the candidates
+                if flt.op in _TEXT_OPS and _searchable(flt):
+                    found = table._find(flt.field.name, flt.op, flt.value)
+                    if found is not None:
+                        if table.dead:
+                            found = found[np.frombuffer(bytes(table.live), np.bool_)[found]]
+                        candidates = found
+                        plain = [f for f in plain if f is not flt]
+                        break
         mask = None
         for flt in plain:
             part = self._mask(table, flt, candidates)
@@ -1262,11 +1288,6 @@ class Database:
             return ~mask if op == "nin" else mask
         if op == "contains" and field.kind in ("list", "set", "dict"):
             return np.fromiter((value in v for v in array), dtype=bool, count=n)
-        if (op in _TEXT_OPS and candidates is None and field.kind in ("str", "ref")
-                and value and "\x00" not in value):
-            mask = table._find(field.name, op, value)
-            if mask is not None:
-                return mask
         if op == "regex":
             search = value.search
             return np.fromiter((v is not None and search(v) is not None for v in array),
@@ -1382,6 +1403,12 @@ def _isin_object(array: np.ndarray, keys: set) -> np.ndarray:
             np.fromiter((v is None for v in array), dtype=bool, count=len(array))
     contains = keys.__contains__
     return np.fromiter(map(contains, array), dtype=bool, count=len(array))
+
+
+def _searchable(flt: _Filter) -> bool:
+    """Tell whether a text filter can search the joined text of its column."""
+    return (flt.field.kind in ("str", "ref") and flt.value.__class__ is str
+            and flt.value != "" and "\x00" not in flt.value)
 
 
 def _reduce(values: np.ndarray, how: str) -> Any:

@@ -46,8 +46,9 @@ class PersisterService(Service):
         if self.storage.dirty():   # fold the replayed writes into the CSV files
             self.storage.snapshot()
         self.storage.open()
-        # The column buffers are a few huge lists: keep the cyclic collector from walking
-        # every row of them on each full collection (it cannot free them anyway).
+        # The tables are not walked by the cyclic collector (numpy columns), but what the
+        # process made until now (modules, classes, settings) would be, on every full
+        # collection, for nothing: it lives as long as the process.
         gc.freeze()
         self._last_snapshot = time.monotonic()
         self.log.info("loaded %d table(s), %d row(s), replayed %d write(s) in %.2f s from %s",

@@ -270,3 +270,36 @@ def test_snapshot_is_atomic_and_leaves_no_temporary_file(tmp_path):
     db.create(Club, name="x")
     storage.snapshot()
     assert sorted(os.listdir(tmp_path)) == ["Club.csv"]
+
+
+class Reading(Model):
+    label: str
+    value: float
+    count: int
+    ok: bool
+    note: str | None
+    tags: list[str]
+
+
+def test_plain_and_quoted_files_round_trip_every_float(tmp_path):
+    """Text needs no quotes unless a cell holds a comma, quote or line break; floats
+    (signed zero, subnormals, infinities, nan) come back bit for bit either way."""
+    import struct
+    floats = [0.0, -0.0, 5e-324, 2.2250738585072014e-308, 1.7976931348623157e308, 0.1 + 0.2,
+              1e16, 1e-7, 100.0, float("inf"), float("-inf"), float("nan"), 1 / 3]
+    for label in ("plain", 'with "quotes", commas\r\nand lines'):
+        directory = tmp_path / str(len(label))
+        db, storage = fresh(str(directory), models=(Reading,))
+        plain = label == "plain"   # JSON text ("n", ["x"]) holds quotes too
+        rows = [db.create(Reading, label=f"{label}{i}", value=v, count=-i, ok=i % 2 == 0,
+                          note=None if plain or i % 3 else "n", tags=[] if plain else [label])
+                for i, v in enumerate(floats * 300)]
+        storage.snapshot()
+        text = (directory / "Reading.csv").read_text(encoding="utf-8")
+        assert ('"' in text) == (not plain)
+        loaded, _ = fresh(str(directory), models=(Reading,))
+        for row in rows:
+            got = loaded.get(Reading, row.pk)
+            assert struct.pack("<d", got.value) == struct.pack("<d", row.value)
+            assert (got.label, got.count, got.ok, got.note, got.tags) == (
+                row.label, row.count, row.ok, row.note, row.tags)
