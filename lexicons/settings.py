@@ -223,6 +223,16 @@ def _check_backplane(value: str) -> None:
         raise SettingsError("expected 'memory' or a redis:// URL")
 
 
+def _check_filters(value: dict) -> None:
+    from .filters import check_setting  # the stages are the filters module's to name
+    check_setting(value)
+
+
+def _check_metrics_path(value: str) -> None:
+    if value and not value.startswith("/"):
+        raise SettingsError("expected a path starting with '/', or '' for none")
+
+
 def _check_stack_size(value: int) -> None:
     if value % 4096:
         raise SettingsError("expected a multiple of 4096 bytes")
@@ -345,7 +355,20 @@ declare("AMQP_URL", "", STR, "RabbitMQ URL to consume triggers from (empty: off)
 declare("AMQP_EXCHANGE", "hightemplar", STR, "exchange the trigger consumer binds to",
         section="integration")
 declare("FILTERS", {}, DICT,
-        "filter pipelines: {stage: ['module.path/ClassName', ...]}", section="integration")
+        "filter pipelines: {stage: ['module.path/ClassName', ...]}; stages: connect, data, "
+        "message, disconnect, backplane", section="integration", check=_check_filters)
+declare("RATE_LIMIT", 20.0, number(0.001),
+        "lexicons.filters/RateLimit: messages a second each connection may send",
+        section="integration", live=True)
+declare("RATE_LIMIT_BURST", 40, integer(1),
+        "lexicons.filters/RateLimit: messages a connection may send at once after a pause",
+        section="integration", live=True)
+declare("RATE_LIMIT_CLOSE", 100, integer(0),
+        "lexicons.filters/RateLimit: messages dropped within 10 s before the connection is "
+        "closed (1008)", section="integration", live=True)
+declare("METRICS_PATH", "/metrics", STR,
+        "plain HTTP path of the Prometheus metrics ('': not served)", section="integration",
+        check=_check_metrics_path)
 
 
 # --- loaded settings ------------------------------------------------------------------

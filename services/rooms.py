@@ -28,7 +28,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from lexicons import protocol
+from lexicons import filters, protocol
 from lexicons.channel import ChannelSet
 from lexicons.connection import Connection, State, fan_out
 from lexicons.frames import text_frame
@@ -53,6 +53,8 @@ class RoomsService(Service):
         self._snapshots: dict[str, tuple[Connection, ...]] = {}
 
     def setup(self) -> None:
+        # first: the backplane must be handed the filtered deliver, if the stage has filters
+        filters.for_daemon(self.manager).install_rooms(self)
         self.channels = ChannelSet(self.manager.app.channels)
         if self.manager.has_service("backplane"):
             self.backplane = self.manager.get_service("backplane")

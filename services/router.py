@@ -24,14 +24,16 @@ connection stays usable.
 from __future__ import annotations
 
 import queue
+from time import perf_counter
 from typing import Any
 
-from lexicons import protocol
+from lexicons import filters, protocol
 from lexicons.channel import Subscribe, Unsubscribe
 from lexicons.connection import Connection
 from lexicons.errors import CallError, NotPermitted, ServiceError
 from lexicons.events import Rejected
 from lexicons.frames import text_frame
+from lexicons.metrics import ERROR, FAILED, OK, CallStats
 from lexicons.protocol import Protocol
 from lexicons.service import Service
 from lexicons.signal import NOTHING, Response, Signal, channel_names
@@ -87,6 +89,8 @@ class RouterService(Service):
         self.connections = 0
         self.calls = 0
         self.failures = 0
+        self.stats = CallStats(())
+        self.filters = filters.Filters()
         self._slots: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._guarded: set[str] = set()  # signals that define their own permit()
 
@@ -106,6 +110,9 @@ class RouterService(Service):
             else:
                 self._guarded.discard(name)
         self.protocol = Protocol(specs)
+        self.stats = CallStats(self.signals)
+        self.filters = filters.for_daemon(self.manager)
+        self.filters.install_handler(self)  # only the stages that have filters
         for slot in range(self.settings.WORKERS):
             self._slots.put(slot)
         if self.manager.has_service("persister"):
@@ -138,20 +145,25 @@ class RouterService(Service):
 
     def on_message(self, conn: Connection, data: str | bytes) -> None:
         """Decode a message and run its calls in order (on the connection's reader thread)."""
+        self.stats.received += 1
         if not isinstance(data, str):
+            self.stats.rejected += 1
             self._error(conn, ("binary messages are not understood: send JSON text",), None)
             return
         for item in self.protocol.decode(data):
             if type(item) is Rejected:
+                self.stats.rejected += 1
                 self._error(conn, item.errors, item.id)
             else:
                 self.run(conn, item.signal, item.kwargs, item.id)
 
     def run(self, conn: Connection, name: str, kwargs: dict[str, Any], call_id: Any) -> None:
         """Run one checked call and answer it."""
+        started = perf_counter()
         self.calls += 1
         signal = self.signals[name]()
         error: str | None = None
+        outcome = OK
         result = None
         slot = self._slots.get()
         try:
@@ -162,10 +174,12 @@ class RouterService(Service):
             result = signal.execute(**kwargs)
         except CallError as exc:
             error = str(exc) or f"{name} refused"
+            outcome = ERROR
         except Exception:
             self.failures += 1
             self.log.exception("signal %s failed (connection %s)", name, conn.id)
             error = f"{name} failed"
+            outcome = FAILED
         finally:
             self._slots.put(slot)
         if self.db is not None:  # durable before anyone hears of it
@@ -175,10 +189,12 @@ class RouterService(Service):
                 self.failures += 1
                 self.log.exception("commit after %s failed", name)
                 error = f"{name} failed: its changes could not be saved"
+                outcome = FAILED
         if error is not None:
             self._error(conn, (error,), call_id)
-            return
-        self._answer(conn, name, result, call_id)
+        else:
+            self._answer(conn, name, result, call_id)
+        self.stats.record(name, outcome, perf_counter() - started)
 
     def _answer(self, conn: Connection, name: str, result: Any, call_id: Any) -> None:
         reply = result
@@ -205,7 +221,9 @@ class RouterService(Service):
             self.log.error("signal %s: %s", name, exc)
             self._error(conn, (f"{name} failed",), call_id)
             return
+        self.stats.sent += 1
         conn.send_frame(text_frame(text.encode("utf-8")))
 
     def _error(self, conn: Connection, messages: tuple[str, ...], call_id: Any) -> None:
+        self.stats.sent += 1
         conn.send_frame(text_frame(protocol.errors(messages, call_id).encode("utf-8")))
