@@ -42,10 +42,13 @@ from .service import ServiceState
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
            1.0, 2.5, 5.0, 10.0)
 
-#: How a call ended: answered; refused by the signal (CallError, NotPermitted);
-#: failed (an exception in the signal, its commit or its answer).
-OK, ERROR, FAILED = "ok", "error", "failed"
-OUTCOMES = (OK, ERROR, FAILED)
+#: How a call ended, as CallStats.record takes it: answered; refused by the signal
+#: (CallError, NotPermitted); failed (an exception in the signal, its commit or its answer).
+OK, ERROR, FAILED = 0, 1, 2
+#: The outcome label of each of those.
+OUTCOMES = ("ok", "error", "failed")
+_SUM = len(OUTCOMES)       # a row: one count per outcome, the latency sum, the buckets
+_FIRST_BUCKET = _SUM + 1
 
 
 class CallStats:
@@ -54,35 +57,43 @@ class CallStats:
     Attributes read by the collector: ``received`` (messages handed to the
     router), ``sent`` (replies and errors sent to callers), ``rejected``
     (calls refused by the protocol: invalid JSON, unknown signal, bad
-    arguments), ``calls[(signal, outcome)]``, and per signal the histogram's
-    bucket counts (not cumulative; the last one is +Inf) and sum.
+    arguments); per declared signal, :attr:`calls` and :meth:`histogram`.
     """
 
     def __init__(self, signals: Iterable[str], buckets: Iterable[float] = BUCKETS):
         self.bounds = tuple(buckets)
-        names = list(signals)
         self.received = 0
         self.sent = 0
         self.rejected = 0
-        self.calls = {(name, outcome): 0 for name in names for outcome in OUTCOMES}
-        self.buckets = {name: [0] * (len(self.bounds) + 1) for name in names}
-        self.sums = dict.fromkeys(names, 0.0)
+        # one flat list per signal: counts by outcome, latency sum, bucket counts (not
+        # cumulative; the last is +Inf); a list is the cheapest thing to bump per call
+        self.rows = {name: [0] * _SUM + [0.0] + [0] * (len(self.bounds) + 1)
+                     for name in signals}
 
-    def record(self, signal: str, outcome: str, seconds: float) -> None:
+    def record(self, signal: str, outcome: int, seconds: float,
+               _bisect: Any = bisect.bisect_left) -> None:
         """Count one call of a declared *signal* that ended with *outcome* after *seconds*."""
-        self.calls[signal, outcome] += 1
-        self.buckets[signal][bisect.bisect_left(self.bounds, seconds)] += 1
-        self.sums[signal] += seconds
+        row = self.rows[signal]
+        row[outcome] += 1
+        row[_SUM] += seconds
+        row[_FIRST_BUCKET + _bisect(self.bounds, seconds)] += 1
+
+    @property
+    def calls(self) -> dict[tuple[str, str], int]:
+        """Return the calls counted, by (signal, outcome label)."""
+        return {(name, label): row[index] for name, row in self.rows.items()
+                for index, label in enumerate(OUTCOMES)}
 
     def histogram(self, signal: str) -> tuple[list[tuple[str, int]], float]:
         """Return one signal's cumulative buckets as (le, count) pairs, and its sum."""
-        counts = list(self.buckets[signal])
+        row = list(self.rows[signal])
         total = 0
         pairs = []
-        for bound, count in zip((*map(_le, self.bounds), "+Inf"), counts, strict=True):
+        for bound, count in zip((*map(_le, self.bounds), "+Inf"), row[_FIRST_BUCKET:],
+                                strict=True):
             total += count
             pairs.append((bound, total))
-        return pairs, self.sums[signal]
+        return pairs, row[_SUM]
 
 
 def _le(bound: float) -> str:
@@ -211,7 +222,7 @@ class DaemonCollector:
             "lexicons_call_duration_seconds",
             "Seconds from a call's start to its answer being sent, by signal.",
             labels=["signal"])
-        for signal in sorted(stats.sums):
+        for signal in sorted(stats.rows):
             buckets, total = stats.histogram(signal)
             if buckets[-1][1]:  # signals never called yet: no series of zeros
                 latency.add_metric([signal], buckets, total)

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from lexicons.application import Application
 from lexicons.channel import Channel
 from lexicons.errors import CallError, CallFailed
-from lexicons.metrics import CallStats
+from lexicons.metrics import OK, CallStats
 from lexicons.model import Model
 from lexicons.signal import Response, Signal
 from tests.support.daemon import wait_for
@@ -240,7 +240,7 @@ def test_call_stats_histogram_is_cumulative():
     """CallStats puts each latency in the first bucket whose bound holds it; +Inf holds all."""
     stats = CallStats(["A"], buckets=(0.001, 0.01))
     for seconds in (0.0005, 0.001, 0.005, 3.0):
-        stats.record("A", "ok", seconds)
+        stats.record("A", OK, seconds)
     buckets, total = stats.histogram("A")
     assert buckets == [("0.001", 2), ("0.01", 3), ("+Inf", 4)]
     assert total == pytest.approx(3.0065)
