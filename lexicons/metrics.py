@@ -38,6 +38,9 @@ from prometheus_client.core import (
 
 from .service import ServiceState
 
+#: The clock call latencies are measured with.
+clock = time.perf_counter
+
 #: Upper bounds (seconds) of the call latency histogram's buckets.
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
            1.0, 2.5, 5.0, 10.0)
