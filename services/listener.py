@@ -579,11 +579,14 @@ class ListenerService(Service):
         """Answer 200 when every service is RUNNING and none is hung, else 503 naming them."""
         status = self.manager.status()
         states = {s["name"]: s["state"] for s in status["services"]}
+        healthy = all(state == ServiceState.RUNNING.value for state in states.values())
+        body = {"healthy": healthy, "services": states,
+                "connections": len(self.hub) if self.hub else 0}
+        # a hung service is RUNNING by its state: name it too
         failing = {s["name"]: "hung" if s["hung"] else s["state"] for s in status["services"]
                    if s["hung"] or s["state"] != ServiceState.RUNNING.value}
-        healthy = not failing
-        body = {"healthy": healthy, "services": states, "failing": failing,
-                "connections": len(self.hub) if self.hub else 0}
+        body["healthy"] = healthy = not failing
+        body["failing"] = failing
         return HTTPResponse(200 if healthy else 503, body, (("Cache-Control", "no-store"),))
 
     def _metrics(self, request: Request) -> HTTPResponse:
