@@ -443,11 +443,20 @@ class RateLimit(Filter):
     WINDOW = 10.0
     clock: Callable[[], float] = staticmethod(time.monotonic)
 
+    def __init__(self, manager: Any):
+        super().__init__(manager)
+        self._seen: Any = None  # the settings object the limits below were read from
+        self._limits = (0.0, 0, 0)
+
     def _take(self, conn: Connection) -> str | None:
         """Take a token for one message; return the error to send when there is none."""
         now = self.clock()
-        settings = self.settings
-        rate, burst = settings.RATE_LIMIT, settings.RATE_LIMIT_BURST
+        settings = self.manager.settings
+        if settings is not self._seen:  # read once per settings object (reload: a new one)
+            self._limits = (settings.RATE_LIMIT, settings.RATE_LIMIT_BURST,
+                            settings.RATE_LIMIT_CLOSE)
+            self._seen = settings
+        rate, burst, close_after = self._limits
         bucket = getattr(conn, "_rate_bucket", None)
         if bucket is None:
             bucket = conn._rate_bucket = _Bucket(burst, now)  # one reader thread: no lock
@@ -460,9 +469,9 @@ class RateLimit(Filter):
         if now - bucket.window > self.WINDOW:
             bucket.window, bucket.drops = now, 0
         bucket.drops += 1
-        if bucket.drops > settings.RATE_LIMIT_CLOSE:
+        if bucket.drops > close_after:
             log.info("connection %s: more than %d messages dropped within %g s, closing "
-                     "(rate limit)", conn.id, settings.RATE_LIMIT_CLOSE, self.WINDOW)
+                     "(rate limit)", conn.id, close_after, self.WINDOW)
             conn.close(frames.CLOSE_POLICY, "rate limit exceeded")
         return (f"rate limit: more than {rate:g} messages a second (burst {burst}); "
                 f"message dropped")
