@@ -219,13 +219,13 @@ class Filters:
         without filters keeps the plain method and costs nothing.
         """
         if self.stages["connect"]:
-            handler.on_open = self._connect_stage(handler.on_open)
+            handler.on_open = self._connect_stage(_plain(handler, "on_open"))
         if self.stages["data"]:
-            handler.on_message = self._data_stage(handler.on_message)
+            handler.on_message = self._data_stage(_plain(handler, "on_message"))
         if self.stages["message"]:
-            handler.run = self._message_stage(handler.run, handler)
+            handler.run = self._message_stage(_plain(handler, "run"), handler)
         if self.stages["disconnect"]:
-            handler.on_close = self._disconnect_stage(handler.on_close)
+            handler.on_close = self._disconnect_stage(_plain(handler, "on_close"))
 
     def install_rooms(self, rooms: Any) -> None:
         """Put a filtered ``deliver`` on the rooms service when the backplane stage has filters.
@@ -233,7 +233,7 @@ class Filters:
         Call it before ``deliver`` is handed to the backplane as a receiver.
         """
         if self.stages["backplane"]:
-            rooms.deliver = self._backplane_stage(rooms.deliver)
+            rooms.deliver = self._backplane_stage(_plain(rooms, "deliver"))
 
     def _connect_stage(self, on_open: Callable[[Any], None]) -> Callable[[Any], None]:
         chain = self.stages["connect"]
@@ -345,6 +345,11 @@ class Filters:
                     return
             deliver(channels, message)
         return deliver_filtered
+
+
+def _plain(obj: Any, name: str) -> Callable[..., Any]:
+    """Return *obj*'s own method *name*, not a filtered one installed before (a re-setup)."""
+    return getattr(type(obj), name).__get__(obj)
 
 
 _daemons: weakref.WeakKeyDictionary[Any, Filters] = weakref.WeakKeyDictionary()

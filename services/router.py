@@ -122,7 +122,7 @@ class RouterService(Service):
     def info(self) -> dict[str, Any]:
         return {"signals": sorted(self.signals), "connections": self.connections,
                 "calls": self.calls, "failures": self.failures,
-                "workers": self.settings.WORKERS}
+                "workers": self.settings.WORKERS, "filters": self.filters.info()}
 
     def rooms_service(self) -> Any:
         """Return the rooms service; ServiceError if the daemon runs none."""

@@ -114,6 +114,18 @@ class Broken(Filter):
         return data
 
 
+class Count(Filter):
+    """data: counts the messages it sees."""
+
+    def __init__(self, manager):
+        super().__init__(manager)
+        self.seen = 0
+
+    def data(self, conn, data):
+        self.seen += 1
+        return data
+
+
 class NotAFilter:
     def data(self, conn, data):
         return data
@@ -225,6 +237,17 @@ def test_no_filters_leave_the_plain_methods_in_place():
             assert name not in vars(router)
         assert "deliver" not in vars(rooms)
         assert not router.filters
+
+
+def test_installing_again_does_not_stack_the_pipelines():
+    """Installing the filters again (a second setup) replaces the pipelines: each runs once."""
+    with serving(APP, FILTERS=filtered(data=["Count"])) as server:
+        router = server.service("router")
+        router.filters.install_handler(router)
+        with server.client() as client:
+            assert client.call("Echo", data="once") == "once"
+        assert router.filters.stages["data"][0].seen == 1
+        assert router.info()["filters"]["data"]["filters"] == ["Count"]
 
 
 # --- loading ------------------------------------------------------------------------------
