@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> str:
                 servers[which].start()
         for r in range(p.rounds):
             for which in harness.order(r, list(servers)):
+                harness.settle(list(servers.values()))
                 rep = measure(servers[which], p)
                 record(rows, which, rep)
                 raw.append({"round": r, "server": servers[which].spec.name, **rep})

@@ -38,6 +38,7 @@ def measure(server: Server, p: argparse.Namespace) -> dict[str, Any]:
                   [*base, "--msgs", str(p.msgs), "--warmup-msgs", str(p.msgs // 10),
                    "--window", str(p.window)], timeout=p.timeout, on_running=mark)
     thr["server_cpu_s"] = server.cpu_seconds() - cpu.get("start", 0.0)
+    server.wait_idle()
     n = max(1, int(p.rate * p.secs))
     lat = loadgen("fanout", server.port,
                   [*base, "--msgs", str(n), "--warmup-msgs", str(n // 10),
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> str:
                         help="broadcasts in the throughput phase (default 1000, quick 300)")
     parser.add_argument("--window", type=int, default=8,
                         help="broadcasts in flight in the throughput phase")
-    parser.add_argument("--rate", type=float, default=40,
+    parser.add_argument("--rate", type=float, default=20,
                         help="broadcasts/s in the latency phase")
     parser.add_argument("--secs", type=float, default=None,
                         help="length of the latency phase (default 3, quick 2)")
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> str:
                 servers[which].start()
         for r in range(p.rounds):
             for which in harness.order(r, list(servers)):
+                harness.settle(list(servers.values()))
                 rep = measure(servers[which], p)
                 record(rows, which, rep)
                 raw.append({"round": r, "server": servers[which].spec.name, **rep})

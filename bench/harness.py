@@ -45,7 +45,7 @@ LOADGEN_BUSY = 0.9  # above this share of its core, the load generator may be th
 # The wire format (DESIGN.md section 5) as load generator templates: @DATA@ is the
 # marker "#S<seq>:T<ns>#" padded to --size bytes.
 CHANNEL = "bench"
-SUBSCRIBE = json.dumps({"subscribe": {"channel": CHANNEL}})
+SUBSCRIBE = json.dumps({"Subscribe": {"channel": CHANNEL}})
 PUBLISH = json.dumps({"Publish": {"channel": CHANNEL, "data": "@DATA@"}})
 ECHO = json.dumps({"Echo": {"data": "@DATA@"}})
 
@@ -226,6 +226,22 @@ class Server:
             except (OSError, IndexError, ValueError):
                 pass
         return total
+
+    def wait_idle(self, limit: float = 15.0, busy: float = 0.05) -> float:
+        """Wait until the server uses under ``busy`` of a core; return the seconds waited.
+
+        A server still tearing down the last round's connections (a thread per
+        connection takes seconds) would otherwise steal core 0 from the next measurement.
+        """
+        start = time.monotonic()
+        last = self.cpu_seconds()
+        while time.monotonic() - start < limit:
+            time.sleep(0.25)
+            now = self.cpu_seconds()
+            if now - last < busy * 0.25:
+                break
+            last = now
+        return time.monotonic() - start
 
     def alive(self) -> bool:
         """Return whether the server process still runs."""
@@ -445,6 +461,15 @@ def print_table(title: str, subject: str, peer: str, metrics: Sequence[Metric],
     text = "\n".join(lines)
     print(text, flush=True)
     return text
+
+
+def settle(servers: Sequence[Server]) -> None:
+    """Wait until every running server is idle (see Server.wait_idle)."""
+    for server in servers:
+        waited = server.wait_idle()
+        if waited > 2:
+            print(f"  ({server.spec.name} kept core 0 busy for {waited:.1f} s before this "
+                  "measurement)", flush=True)
 
 
 def order(round_index: int, names: Sequence[str]) -> list[str]:

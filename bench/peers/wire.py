@@ -3,19 +3,31 @@
 The peers implement only what the benchmark app (bench/app.py) offers, with the same
 frames lexicons sends, so one load generator drives lexicons and the peers alike:
 
-- a call is ``{"SignalName": {kwargs}}`` (or a list of them, run in order);
+- a call is ``{"SignalName": {kwargs}}`` (or a list of them, run in order), with an
+  optional correlation id under ``"#"`` that the answer carries back;
 - ``Echo(data)`` replies to the caller alone: ``[{"Echo": data}]``;
 - ``Publish(channel, data)`` broadcasts ``[{"Publish": data}]`` on the channel;
-- the built-in ``subscribe(channel)`` / ``unsubscribe(channel)`` reply to the caller;
-- errors go to the caller: ``[{"Errors": ["message", ...]}]``.
+- the built-in ``Subscribe(channel)`` / ``Unsubscribe(channel)`` answer the channel name;
+- errors go to the caller: ``[{"Errors": ["message", ...]}]``;
+- JSON is written compactly (no spaces), as lexicons writes it.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 
-SUBSCRIBE = "subscribe"
-UNSUBSCRIBE = "unsubscribe"
+SUBSCRIBE = "Subscribe"
+UNSUBSCRIBE = "Unsubscribe"
+ID = "#"
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def answer(name: str, payload: object, call_id: object = None) -> str:
+    """Return the text of an answer to the caller, carrying the call's id if any."""
+    if call_id is None:
+        return _encode([{name: payload}])
+    return _encode([{name: payload, ID: call_id}])
 
 
 @dataclass(frozen=True)
@@ -50,26 +62,29 @@ class Leave:
 Action = Reply | Broadcast | Join | Leave
 
 
-def _error(message: str) -> Reply:
-    return Reply(json.dumps([{"Errors": [message]}]))
+def _error(message: str, call_id: object = None) -> Reply:
+    return Reply(answer("Errors", [message], call_id))
 
 
-def _run(name: str, kwargs: object) -> list[Action]:
+def _run(name: str, kwargs: object, call_id: object) -> list[Action]:
     if not isinstance(kwargs, dict):
-        return [_error(f"{name}: arguments must be a JSON object")]
+        return [_error(f"arguments of {name} must be a JSON object", call_id)]
     try:
         if name == "Echo":
-            return [Reply(json.dumps([{"Echo": kwargs["data"]}]))]
+            return [Reply(answer("Echo", kwargs["data"], call_id))]
         if name == "Publish":
             channel = kwargs["channel"]
-            return [Broadcast(channel, json.dumps([{"Publish": kwargs["data"]}]))]
+            actions: list[Action] = [Broadcast(channel, answer("Publish", kwargs["data"]))]
+            if call_id is not None:
+                actions.append(Reply(answer("Publish", None, call_id)))
+            return actions
         if name in (SUBSCRIBE, UNSUBSCRIBE):
             channel = kwargs["channel"]
             action = Join(channel) if name == SUBSCRIBE else Leave(channel)
-            return [action, Reply(json.dumps([{name: {"channel": channel}}]))]
+            return [action, Reply(answer(name, channel, call_id))]
     except KeyError as exc:
-        return [_error(f"{name}: missing argument {exc.args[0]!r}")]
-    return [_error(f"unknown signal {name!r}")]
+        return [_error(f"{name}: missing argument {exc.args[0]!r}", call_id)]
+    return [_error(f"unknown signal {name[:64]!r}", call_id)]
 
 
 def handle(text: str | bytes) -> list[Action]:
@@ -81,9 +96,13 @@ def handle(text: str | bytes) -> list[Action]:
     calls = message if isinstance(message, list) else [message]
     actions: list[Action] = []
     for call in calls:
-        if not isinstance(call, dict) or not call:
+        if not isinstance(call, dict):
             actions.append(_error("a call must be a JSON object {\"SignalName\": {...}}"))
             continue
-        for name, kwargs in call.items():
-            actions.extend(_run(name, kwargs))
+        call_id = call.get(ID)
+        names = [key for key in call if key != ID]
+        if len(names) != 1:
+            actions.append(_error("a call names exactly one signal", call_id))
+            continue
+        actions.extend(_run(names[0], call[names[0]], call_id))
     return actions
