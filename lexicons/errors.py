@@ -17,6 +17,7 @@ builtin, so callers may catch either::
      |    +-- DoesNotExist (LookupError)     no row matched
      |    +-- MultipleRowsFound (LookupError) several rows matched where one was expected
      |    +-- StorageError (OSError)         a data file or journal is damaged or unwritable
+     +-- TaskError (RuntimeError)            a task is declared wrongly, or a required one failed
 """
 from __future__ import annotations
 
@@ -75,3 +76,7 @@ class MultipleRowsFound(DatabaseError, LookupError):
 
 class StorageError(DatabaseError, OSError):
     """A data file or the journal is damaged or cannot be written."""
+
+
+class TaskError(LexiconsError, RuntimeError):
+    """A task is declared wrongly, or a startup task the application requires failed."""

@@ -225,6 +225,7 @@ def _check_backplane(value: str) -> None:
 
 DEFAULT_SERVICES = [
     "services.control/ControlService",
+    "services.scheduler/SchedulerService",
 ]
 
 # daemon
@@ -240,7 +241,7 @@ declare("CONTROL_SOCKET", "lexiconsd.sock", PATH,
         "UNIX socket of the control service (mode 0600, owner only)")
 declare("LOG_LEVEL", "INFO", choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
         "log level", live=True)
-declare("LOG_PATH", "lexiconsd.log", STR,
+declare("LOG_PATH", "lexiconsd.log", PATH,
         "log file ('-' for standard error); reopened on SIGUSR1 for rotation")
 declare("ON_FATAL", "stop", choice("stop", "degrade"),
         "when a service exhausts its restarts: stop the daemon, or keep running degraded",
@@ -285,6 +286,11 @@ declare("STATIC_DIR", "", PATH, "directory of static files served over plain HTT
 
 # application
 declare("WORKERS", 8, integer(1), "signals that may run at once (the worker pool)",
+        section="application")
+declare("TASK_WORKERS", 4, integer(1), "interval tasks that may run at once (their own threads)",
+        section="application")
+declare("TASK_TIMEOUT", 5.0, number(0.01),
+        "seconds each shutdown task may run, and the stop waits for running interval tasks",
         section="application")
 
 # data
@@ -416,7 +422,7 @@ def load(path: str | None = None, *, env: Mapping[str, str] | None = None,
     for name, value in (overrides or {}).items():
         values[name] = _validate(name, value, f"override {name}")
     for name, setting in DECLARED.items():
-        if setting.kind is PATH and values[name]:
+        if setting.kind is PATH and values[name] and values[name] != "-":
             values[name] = os.path.join(base_dir, os.path.expanduser(values[name]))
     return Settings(values, source=path, extra=extra)
 

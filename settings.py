@@ -1,0 +1,12 @@
+"""Settings of the example deployment: the chat application on the embedded defaults.
+
+Every setting has a declared default (see `lexiconsd settings --reference`);
+this file names only what it changes. Environment variables LEXICONS_<NAME>
+override it.
+"""
+
+APP = ""
+DATA_DIR = "data"
+LOCK_FILE = "run/lexiconsd.pid"
+CONTROL_SOCKET = "run/lexiconsd.sock"
+LOG_PATH = "run/lexiconsd.log"

@@ -1,0 +1,199 @@
+"""lexiconsd end to end, as a user runs it: start, status, restart, stop, kill -9."""
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from tests.support.daemon import lexiconsd, wait_for, write_settings_file
+
+SERVICES = ["services.control/ControlService", "tests.support.services/Counter",
+            "tests.support.services/Flaky"]
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    write_settings_file(tmp_path, SERVICE_LIST=SERVICES, LOCK_FILE="run/lexiconsd.pid",
+                        CONTROL_SOCKET="run/lexiconsd.sock", LOG_PATH="lexiconsd.log",
+                        RESTART_BACKOFF=0.05)
+    yield tmp_path
+    pid_file = tmp_path / "run" / "lexiconsd.pid"
+    if pid_file.exists():  # never leave a daemon behind, whatever the test did
+        text = pid_file.read_text().strip()
+        if text.isdigit():
+            try:
+                os.kill(int(text), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def status_json(workdir):
+    done = lexiconsd("status", "--json", cwd=workdir)
+    return done.returncode, json.loads(done.stdout)
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_start_status_restart_stop(workdir):
+    """start daemonizes; status lists every service RUNNING; restart works; stop returns 0."""
+    started = lexiconsd("start", cwd=workdir)
+    assert started.returncode == 0, started.stderr
+    assert "lexiconsd started (pid" in started.stdout
+    code, status = status_json(workdir)
+    assert code == 0 and status["running"] is True
+    assert [(s["name"], s["state"]) for s in status["services"]] == [
+        ("control", "RUNNING"), ("counter", "RUNNING"), ("flaky", "RUNNING")]
+    pid = status["pid"]
+    assert pid != os.getpid() and os.getppid() != pid
+    text = lexiconsd("status", cwd=workdir)
+    assert text.returncode == 0 and "counter" in text.stdout and "RUNNING" in text.stdout
+
+    restarted = lexiconsd("restart", "counter", cwd=workdir)
+    assert restarted.returncode == 0, restarted.stderr
+    _, status = status_json(workdir)
+    assert status["services"][1]["info"]["runs"] == 2
+
+    stopped = lexiconsd("stop", cwd=workdir)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not alive(pid)
+    assert not (workdir / "run" / "lexiconsd.pid").exists()
+    assert not (workdir / "run" / "lexiconsd.sock").exists()
+    log = (workdir / "lexiconsd.log").read_text()
+    assert "lexiconsd stopped" in log
+
+
+def test_second_start_is_refused(workdir):
+    """A second start on the same lock is refused, naming the running pid."""
+    assert lexiconsd("start", cwd=workdir).returncode == 0
+    try:
+        _, status = status_json(workdir)
+        again = lexiconsd("start", cwd=workdir)
+        assert again.returncode == 1
+        assert f"already running (pid {status['pid']}" in again.stderr
+    finally:
+        assert lexiconsd("stop", cwd=workdir).returncode == 0
+
+
+def test_start_after_kill_9(workdir):
+    """After kill -9 the stale lock and socket are taken over by a new start."""
+    assert lexiconsd("start", cwd=workdir).returncode == 0
+    _, status = status_json(workdir)
+    os.kill(status["pid"], signal.SIGKILL)
+    wait_for(lambda: not alive(status["pid"]), what="killed daemon to vanish")
+    assert (workdir / "run" / "lexiconsd.pid").exists()
+    gone = lexiconsd("status", cwd=workdir)
+    assert gone.returncode == 1 and "stale lock file" in gone.stdout
+    again = lexiconsd("start", cwd=workdir)
+    assert again.returncode == 0, again.stderr
+    code, status2 = status_json(workdir)
+    assert code == 0 and status2["pid"] != status["pid"]
+    assert "took over the stale lock" in (workdir / "lexiconsd.log").read_text()
+    assert lexiconsd("stop", cwd=workdir).returncode == 0
+
+
+def test_status_and_stop_with_nothing_running(workdir):
+    """status exits 3 and stop is non-zero with a clear message when nothing runs."""
+    status = lexiconsd("status", cwd=workdir)
+    assert status.returncode == 3 and "not running" in status.stdout
+    stop = lexiconsd("stop", cwd=workdir)
+    assert stop.returncode == 3 and "not running" in stop.stdout
+
+
+def test_crashing_service_restarted_in_daemon(workdir):
+    """A service that raises inside the daemon is restarted; status counts it."""
+    assert lexiconsd("start", cwd=workdir).returncode == 0
+    try:
+        from lexicons import control
+
+        sock = str(workdir / "run" / "lexiconsd.sock")
+        control.request(sock, "crash")
+        wait_for(lambda: status_json(workdir)[1]["services"][2]["restarts"] == 1,
+                 what="restart count")
+        _, status = status_json(workdir)
+        assert status["services"][2]["state"] == "RUNNING"
+        assert status["services"][1]["restarts"] == 0
+    finally:
+        assert lexiconsd("stop", cwd=workdir).returncode == 0
+
+
+def test_sigterm_stops_cleanly(workdir):
+    """SIGTERM makes the daemon stop its services and release the lock."""
+    assert lexiconsd("start", cwd=workdir).returncode == 0
+    _, status = status_json(workdir)
+    os.kill(status["pid"], signal.SIGTERM)
+    wait_for(lambda: not alive(status["pid"]), what="daemon exit")
+    assert not (workdir / "run" / "lexiconsd.pid").exists()
+    assert "signal SIGTERM" in (workdir / "lexiconsd.log").read_text()
+
+
+@pytest.mark.parametrize("env, words", [
+    ({"LEXICONS_PORT": "http"}, "LEXICONS_PORT"),
+    ({"LEXICONS_RESTART_LIMIT": "-3"}, "RESTART_LIMIT"),
+])
+def test_bad_setting_stops_start(workdir, env, words):
+    """A bad setting stops start-up with exit 6 and a message naming it."""
+    done = lexiconsd("start", cwd=workdir, env=env)
+    assert done.returncode == 6
+    assert words in done.stderr and "bad settings" in done.stderr
+    assert not (workdir / "run" / "lexiconsd.pid").exists()
+
+
+def test_unknown_service_path_stops_start(workdir):
+    """An unknown service path is reported by the start command itself."""
+    write_settings_file(workdir, SERVICE_LIST=["services.control/ControlService",
+                                               "services.nowhere/Ghost"],
+                        LOCK_FILE="run/lexiconsd.pid", CONTROL_SOCKET="run/lexiconsd.sock")
+    done = lexiconsd("start", cwd=workdir)
+    assert done.returncode == 1
+    assert "services.nowhere" in done.stderr
+    time.sleep(0.2)
+    assert not (workdir / "run" / "lexiconsd.pid").exists()
+
+
+def test_foreground_with_python_m(workdir):
+    """`python -m lexicons start --foreground` runs until SIGTERM and exits 0."""
+    import subprocess
+    import sys
+
+    from tests.support.daemon import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LEXICONS_LOG_PATH": "-"}
+    proc = subprocess.Popen([sys.executable, "-m", "lexicons", "start", "--foreground"],
+                            cwd=workdir, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: status_json(workdir)[0] == 0, what="foreground daemon")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "lexiconsd stopped" in proc.stderr.read()
+
+
+def test_hup_reloads_and_usr1_reopens_log(workdir):
+    """SIGHUP applies a changed log level; the log reopens after logrotate moves it."""
+    assert lexiconsd("start", cwd=workdir).returncode == 0
+    try:
+        _, status = status_json(workdir)
+        settings = workdir / "settings.py"
+        settings.write_text(settings.read_text() + "LOG_LEVEL = 'DEBUG'\n")
+        os.kill(status["pid"], signal.SIGHUP)
+        log = workdir / "lexiconsd.log"
+        wait_for(lambda: "applied LOG_LEVEL" in log.read_text(), what="reload logged")
+        log.rename(workdir / "lexiconsd.log.1")
+        os.kill(status["pid"], signal.SIGUSR1)
+        wait_for(lambda: log.exists() and "log file reopened" in log.read_text(),
+                 what="reopened log")
+        reload = lexiconsd("reload", cwd=workdir)
+        assert reload.returncode == 0 and '"applied": []' in reload.stdout
+    finally:
+        assert lexiconsd("stop", cwd=workdir).returncode == 0
+    assert "lexiconsd stopped" in (workdir / "lexiconsd.log").read_text()

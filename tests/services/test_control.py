@@ -1,0 +1,151 @@
+"""The control service: commands, garbage, permissions."""
+import json
+import os
+import socket
+import stat
+
+import pytest
+
+from lexicons import control
+from lexicons.application import Application
+from lexicons.bootstrap import Bootstrap
+from lexicons.errors import ControlError, ProtocolError
+from tests.support.daemon import make_settings, wait_for
+
+SUPPORT = "tests.support.services"
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    settings = make_settings(tmp_path, SERVICE_LIST=["services.control/ControlService",
+                                                     f"{SUPPORT}/Counter", f"{SUPPORT}/Flaky"])
+    with Bootstrap(settings, Application()) as d:
+        yield d
+
+
+def raw(path, payload: bytes, read=True):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    sock.connect(path)
+    try:
+        sock.sendall(payload)
+        if not read:
+            return None
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return [json.loads(line) for line in data.splitlines()]
+    finally:
+        sock.close()
+
+
+def test_decode_request_names_the_problem():
+    """The pure decoder says what is wrong with a request line."""
+    assert control.decode_request(b'{"command": "status"}') == {"command": "status"}
+    for line, words in [(b"\xff\xfe", "UTF-8"), (b"hello", "not JSON"),
+                        (b"[1]", "JSON object"), (b'{"x": 1}', "'command'")]:
+        with pytest.raises(ProtocolError, match=words):
+            control.decode_request(line)
+
+
+def test_status_and_ping(daemon):
+    """status lists every service; ping answers pong."""
+    path = daemon.settings.CONTROL_SOCKET
+    status = control.request(path, "status")
+    assert [s["name"] for s in status["services"]] == ["control", "counter", "flaky"]
+    assert all(s["state"] == "RUNNING" for s in status["services"])
+    assert status["pid"] == os.getpid()
+    assert control.request(path, "ping") == "pong"
+    assert "restart" in control.request(path, "help")
+
+
+def test_restart_command(daemon):
+    """restart <service> runs the service again; restart of an unknown one is an error."""
+    path = daemon.settings.CONTROL_SOCKET
+    result = control.request(path, "restart", service="counter")
+    assert result["state"] == "RUNNING"
+    assert daemon.manager.get_service("counter").runs == 2
+    with pytest.raises(ControlError, match="no service named 'nope'"):
+        control.request(path, "restart", service="nope")
+    with pytest.raises(ControlError, match="needs a 'service'"):
+        control.request(path, "restart")
+
+
+def test_service_commands_are_offered(daemon):
+    """A service's own commands are reachable on the socket."""
+    path = daemon.settings.CONTROL_SOCKET
+    assert control.request(path, "crash") == "crashing"
+    flaky = daemon.manager.get_service("flaky")
+    wait_for(lambda: flaky.runs == 2, what="restart after crash")
+
+
+@pytest.mark.parametrize("payload, words", [
+    (b"garbage\n", "not JSON"),
+    (b"\x00\x01\x02\xff\n", "UTF-8"),
+    (b'"status"\n', "JSON object"),
+    (b'{"command": "explode"}\n', "unknown command 'explode'"),
+    (b'{"command": 5}\n', "'command'"),
+])
+def test_garbage_gets_an_error_and_service_survives(daemon, payload, words):
+    """Garbage gets an error reply naming the problem; the service keeps serving."""
+    path = daemon.settings.CONTROL_SOCKET
+    replies = raw(path, payload)
+    assert replies[0]["ok"] is False and words in replies[0]["error"]
+    assert control.request(path, "ping") == "pong"
+
+
+def test_oversized_line_is_refused(daemon):
+    """A request longer than the line limit is refused and the connection closed."""
+    path = daemon.settings.CONTROL_SOCKET
+    replies = raw(path, b"x" * (control.MAX_LINE + 10))
+    assert "longer than" in replies[0]["error"]
+    assert control.request(path, "ping") == "pong"
+
+
+def test_abrupt_clients_do_not_hurt(daemon):
+    """Clients that connect and vanish, or send half a line, leave the service serving."""
+    path = daemon.settings.CONTROL_SOCKET
+    for _ in range(20):
+        raw(path, b'{"command": "sta', read=False)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(path)
+        s.close()
+    several = raw(path, b'{"command":"ping"}\n{"command":"ping"}\n')
+    assert control.request(path, "ping") == "pong"
+    assert several[0]["result"] == "pong"
+
+
+def test_socket_is_owner_only(daemon):
+    """The socket file is mode 0600, and another user cannot connect to it."""
+    path = daemon.settings.CONTROL_SOCKET
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    if os.getuid() != 0:
+        pytest.skip("needs root to try the socket as another user")
+    os.chmod(os.path.dirname(path), 0o755)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            control.request(path, "status", timeout=2)
+            os.write(write_fd, b"connected")
+        except ControlError as exc:
+            os.write(write_fd, str(exc).encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_fd) as fh:
+        said = fh.read()
+    assert "permission denied" in said
+
+
+def test_no_daemon_is_a_clear_error(tmp_path):
+    """Asking a socket nobody listens on says so."""
+    with pytest.raises(ControlError, match="does not exist"):
+        control.request(str(tmp_path / "none.sock"), "status")
