@@ -14,6 +14,7 @@ driver (turned into SystemExit so the ``finally`` clauses run).
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import select
@@ -23,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -66,26 +68,25 @@ class ServerSpec:
         """Return why this server cannot run here, or None when it can."""
         script = Path(self.argv(0, BENCH)[1])
         if script.suffix == ".py" and not script.exists():
-            return f"{script.relative_to(REPO)} does not exist"
+            return f"{script} does not exist"
         return None
 
 
+# The lexicons application to run (``--app`` changes it, e.g. to another checkout's).
+LEXICONS_APP = BENCH / "app.py"
+
+
 def _lexicons_env(port: int, tmp: Path) -> dict[str, str]:
-    return {
-        "LEXICONS_HOST": HOST,
-        "LEXICONS_PORT": str(port),
-        "LEXICONS_DATA_DIR": str(tmp / "data"),
-        "LEXICONS_LOCK_FILE": str(tmp / "lexiconsd.pid"),
-        "LEXICONS_CONTROL_SOCKET": str(tmp / "lexiconsd.sock"),
-        "LEXICONS_LOG_PATH": str(tmp / "lexiconsd.log"),
-        "LEXICONS_LOG_LEVEL": "WARNING",
-    }
+    # the app keeps its lock file, control socket and data in a temporary directory:
+    # make that one land in ours, which stop() removes
+    return {"TMPDIR": str(tmp)}
 
 
 SERVERS: dict[str, ServerSpec] = {
     "lexicons": ServerSpec(
         "lexicons", "lexicons (bench/app.py)",
-        lambda port, tmp: [PYTHON, str(BENCH / "app.py"), "--port", str(port)],
+        lambda port, tmp: [PYTHON, str(LEXICONS_APP), "run", "--host", HOST, "--port",
+                           str(port)],
         _lexicons_env),
     "websockets": ServerSpec(
         "websockets", "websockets asyncio server, broadcast()",
@@ -265,13 +266,13 @@ class Server:
         self.stop()
 
 
-def handshake_ok(host: str, port: int) -> bool:
+def handshake_ok(host: str, port: int, timeout: float = 1.0) -> bool:
     """Return whether a websocket upgrade on ``host:port`` gets a 101 response."""
     request = (f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                "Sec-WebSocket-Version: 13\r\n\r\n").encode()
     try:
-        with socket.create_connection((host, port), timeout=1.0) as s:
+        with socket.create_connection((host, port), timeout=timeout) as s:
             s.sendall(request)
             reply = b""
             while b"\r\n\r\n" not in reply and len(reply) < 8192:
@@ -285,6 +286,35 @@ def handshake_ok(host: str, port: int) -> bool:
             return ok
     except OSError:
         return False
+
+
+class Probe:
+    """Time how long a server takes to answer a new handshake, from now on (a thread)."""
+
+    def __init__(self, host: str, port: int, limit: float = 30.0):
+        self.host, self.port, self.limit = host, port, limit
+        self.elapsed: float | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Probe:
+        """Start probing."""
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        time.sleep(0.05)
+        while time.monotonic() - start < self.limit:
+            left = self.limit - (time.monotonic() - start)
+            if handshake_ok(self.host, self.port, timeout=max(0.1, left)):
+                self.elapsed = time.monotonic() - start
+                return
+            time.sleep(0.1)
+
+    def result(self) -> float | None:
+        """Wait for the probe; return the seconds to an answer, or None if none came."""
+        self._thread.join(self.limit + 5)
+        return self.elapsed
 
 
 def _cleanup_all() -> None:
@@ -428,13 +458,15 @@ class Metric:
         """Return the table cells: name, subject, peer, ratio, target, met."""
         s = statistics.median(self.subject) if self.subject else None
         p = statistics.median(self.peer) if self.peer else None
-        ratio = s / p if s is not None and p else None
+        ratio = s / p if s is not None and p and math.isfinite(s / p) else None
         met = ""
         if self.check is not None and s is not None:
             met = "yes" if self.check(s, p if p is not None else 0.0, ratio) else "NO"
 
         def show(v: float | None) -> str:
-            return "-" if v is None else self.fmt.format(v)
+            if v is None:
+                return "-"
+            return self.fmt.format(v) if math.isfinite(v) else "never"
 
         return [f"{self.name} ({self.unit})" if self.unit else self.name, show(s), show(p),
                 "-" if ratio is None else f"{ratio:.2f}x", self.target or "-", met or "-"]
@@ -487,10 +519,14 @@ def common_args(parser: Any) -> None:
     parser.add_argument("--rounds", type=int, default=None,
                         help="alternating rounds per server (default 3, quick 1)")
     parser.add_argument("--json", metavar="FILE", help="also write the raw reports here")
+    parser.add_argument("--app", metavar="PATH", default=str(LEXICONS_APP),
+                        help="the lexicons application to run (default bench/app.py)")
 
 
 def pick_servers(args: Any) -> tuple[ServerSpec | None, ServerSpec]:
     """Return (subject or None when it cannot run here, peer)."""
+    global LEXICONS_APP
+    LEXICONS_APP = Path(args.app).resolve()
     subject, peer = SERVERS[args.subject], SERVERS[args.peer]
     why = subject.available()
     if why:

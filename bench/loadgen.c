@@ -982,6 +982,9 @@ static void open_all(void)
 }
 
 /* Send a close frame on every live connection and wait (bounded) for the closes. */
+/* connections the server had not closed when close_all() gave up waiting */
+static long close_pending;
+
 static double close_all(double limit)
 {
     uint64_t t0 = now_ns();
@@ -1003,6 +1006,7 @@ static double close_all(double limit)
         long open_left = 0;
         for (long i = 0; i < nconns; i++)
             open_left += conns[i].state != ST_CLOSED;
+        close_pending = open_left;
         if (!open_left || now_ns() - t0 > (uint64_t)(limit * 1e9))
             break;
         poll_once(50, -1, NULL, NULL);
@@ -1036,6 +1040,7 @@ static void say_running(void)
 
 static void print_common(FILE *f)
 {
+    fprintf(f, "\"close_pending\": %ld, ", close_pending);
     fprintf(f, "\"conns\": %ld, \"ready\": %ld, \"failed\": %ld, \"closed_by_server\": %ld, "
                "\"other_frames\": %ld, \"error_frames\": %ld, \"binary_frames\": %ld, "
                "\"frames_in\": %llu, \"bytes_in\": %llu",

@@ -28,13 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--only", default="", help="comma-separated: fanout,calls,connections")
     parser.add_argument("--json", metavar="DIR", help="write raw reports into DIR")
+    parser.add_argument("--app", metavar="PATH", default=str(harness.LEXICONS_APP),
+                        help="the lexicons application to run (default bench/app.py)")
     p = parser.parse_args(argv)
     wanted = {name for name in p.only.split(",") if name} or {name for name, _ in SUITE}
     tables, started = [], time.monotonic()
     for name, module in SUITE:
         if name not in wanted:
             continue
-        args = ["--subject", p.subject, "--peer", p.peer]
+        args = ["--subject", p.subject, "--peer", p.peer, "--app", p.app]
         if p.quick:
             args.append("--quick")
         if p.rounds:
