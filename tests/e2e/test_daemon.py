@@ -197,3 +197,18 @@ def test_hup_reloads_and_usr1_reopens_log(workdir):
     finally:
         assert lexiconsd("stop", cwd=workdir).returncode == 0
     assert "lexiconsd stopped" in (workdir / "lexiconsd.log").read_text()
+
+
+def test_cli_loads_no_threads_before_daemonizing():
+    """Importing the CLI loads neither pandas nor numpy (their thread pools break fork)."""
+    import subprocess
+    import sys
+
+    from tests.support.daemon import ROOT
+
+    code = ("import sys, threading, lexicons.cli; "
+            "print(sorted(m for m in ('pandas', 'numpy') if m in sys.modules), "
+            "threading.active_count())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=30)
+    assert done.stdout.strip() == "[] 1", done.stderr
