@@ -484,6 +484,8 @@ def print_table(title: str, subject: str, peer: str, metrics: Sequence[Metric],
                                for j, (c, w) in enumerate(zip(row, widths, strict=True))))
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
+    lines.append(f"  load average now: {load_average()} (two cores; figures above a few "
+                 "are shared with other work)")
     for m in metrics:
         if len(m.subject) > 1 or len(m.peer) > 1:
             lines.append(f"  rounds, {m.name}: {subject} "
@@ -502,6 +504,15 @@ def settle(servers: Sequence[Server]) -> None:
         if waited > 2:
             print(f"  ({server.spec.name} kept core 0 busy for {waited:.1f} s before this "
                   "measurement)", flush=True)
+
+
+def load_average() -> str:
+    """Return the 1, 5 and 15 minute load averages, as text."""
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def order(round_index: int, names: Sequence[str]) -> list[str]:
