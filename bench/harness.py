@@ -454,11 +454,27 @@ class Metric:
         """Record one round's figure for ``which`` ('subject' or 'peer')."""
         getattr(self, which).append(value)
 
+    def ratio(self) -> float | None:
+        """Return the median of the per-round ratios subject/peer.
+
+        Both servers of a round ran within a minute of each other, so a per-round ratio
+        cancels most of the machine's drift; the median discards an odd round. With
+        unpaired figures, the ratio of the medians.
+        """
+        pairs = list(zip(self.subject, self.peer, strict=False))
+        if pairs and len(self.subject) == len(self.peer):
+            ratios = [s / p for s, p in pairs if p and math.isfinite(s / p)]
+            return statistics.median(ratios) if ratios else None
+        if self.subject and self.peer:
+            s, p = statistics.median(self.subject), statistics.median(self.peer)
+            return s / p if p and math.isfinite(s / p) else None
+        return None
+
     def cells(self) -> list[str]:
         """Return the table cells: name, subject, peer, ratio, target, met."""
         s = statistics.median(self.subject) if self.subject else None
         p = statistics.median(self.peer) if self.peer else None
-        ratio = s / p if s is not None and p and math.isfinite(s / p) else None
+        ratio = self.ratio()
         met = ""
         if self.check is not None and s is not None:
             met = "yes" if self.check(s, p if p is not None else 0.0, ratio) else "NO"
@@ -474,7 +490,7 @@ class Metric:
 
 def print_table(title: str, subject: str, peer: str, metrics: Sequence[Metric],
                 notes: Sequence[str] = ()) -> str:
-    """Print (and return) a table of medians over rounds, with ratio subject/peer."""
+    """Print (and return) a table of medians over rounds and the median per-round ratio."""
     header = ["metric", subject, peer, "ratio", "target", "met"]
     rows = [header] + [m.cells() for m in metrics]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]

@@ -344,7 +344,7 @@ static uint8_t *rbuf;
 /* counters */
 static long n_started, n_open, n_ready, n_failed, n_closed_by_server, n_live;
 static long n_other_frames, n_error_frames, n_binary_frames;
-static uint64_t bytes_in, frames_in, marker_bytes, marker_frames;
+static uint64_t bytes_in, frames_in, marker_bytes, marker_frames, reads_in;
 static char first_failure[256], sample_other[256];
 
 static void set_failure(const char *fmt, ...)
@@ -817,6 +817,7 @@ static void on_readable(conn *c)
             conn_close(c, c->state != ST_CLOSING);
             return;
         }
+        reads_in++;
         if (c->state == ST_HANDSHAKE) {
             in_append(c, rbuf, (size_t)r);
             size_t h = check_handshake(c);
@@ -1043,9 +1044,10 @@ static void print_common(FILE *f)
     fprintf(f, "\"close_pending\": %ld, ", close_pending);
     fprintf(f, "\"conns\": %ld, \"ready\": %ld, \"failed\": %ld, \"closed_by_server\": %ld, "
                "\"other_frames\": %ld, \"error_frames\": %ld, \"binary_frames\": %ld, "
-               "\"frames_in\": %llu, \"bytes_in\": %llu",
+               "\"frames_in\": %llu, \"bytes_in\": %llu, \"reads\": %llu",
             nconns, n_ready, n_failed, n_closed_by_server, n_other_frames, n_error_frames,
-            n_binary_frames, (unsigned long long)frames_in, (unsigned long long)bytes_in);
+            n_binary_frames, (unsigned long long)frames_in, (unsigned long long)bytes_in,
+            (unsigned long long)reads_in);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double user = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6;
