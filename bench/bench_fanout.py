@@ -28,7 +28,7 @@ TARGET_RATIO = 2.0
 def measure(server: Server, p: argparse.Namespace) -> dict[str, Any]:
     """Run both phases against one server; return the load generator reports."""
     base = ["--conns", str(p.subscribers), "--init", SUBSCRIBE, "--init-reply",
-            "--pub", PUBLISH, "--size", str(p.size)]
+            "--pub", PUBLISH, "--size", str(p.size), "--quiet", str(p.quiet)]
     cpu: dict[str, float] = {}
 
     def mark() -> None:
@@ -113,7 +113,9 @@ def main(argv: list[str] | None = None) -> str:
                         help="length of the latency phase (default 3, quick 2)")
     parser.add_argument("--size", type=int, default=84,
                         help="bytes of the data string (84: a 100-byte frame from the peer)")
-    parser.add_argument("--timeout", type=float, default=120)
+    parser.add_argument("--quiet", type=float, default=10,
+                        help="seconds without a delivery before a phase gives up (stalled)")
+    parser.add_argument("--timeout", type=float, default=180)
     p = parser.parse_args(argv)
     p.rounds = p.rounds or (1 if p.quick else 3)
     p.msgs = p.msgs or (300 if p.quick else 1000)

@@ -454,6 +454,12 @@ class Metric:
         """Record one round's figure for ``which`` ('subject' or 'peer')."""
         getattr(self, which).append(value)
 
+    def show(self, v: float | None) -> str:
+        """Format one figure ("never" for an infinite one, such as no answer)."""
+        if v is None:
+            return "-"
+        return self.fmt.format(v) if math.isfinite(v) else "never"
+
     def ratio(self) -> float | None:
         """Return the median of the per-round ratios subject/peer.
 
@@ -462,8 +468,10 @@ class Metric:
         unpaired figures, the ratio of the medians.
         """
         pairs = list(zip(self.subject, self.peer, strict=False))
+        if not all(math.isfinite(v) for v in self.subject + self.peer):
+            return None
         if pairs and len(self.subject) == len(self.peer):
-            ratios = [s / p for s, p in pairs if p and math.isfinite(s / p)]
+            ratios = [s / p for s, p in pairs if p]
             return statistics.median(ratios) if ratios else None
         if self.subject and self.peer:
             s, p = statistics.median(self.subject), statistics.median(self.peer)
@@ -478,13 +486,8 @@ class Metric:
         met = ""
         if self.check is not None and s is not None:
             met = "yes" if self.check(s, p if p is not None else 0.0, ratio) else "NO"
-
-        def show(v: float | None) -> str:
-            if v is None:
-                return "-"
-            return self.fmt.format(v) if math.isfinite(v) else "never"
-
-        return [f"{self.name} ({self.unit})" if self.unit else self.name, show(s), show(p),
+        return [f"{self.name} ({self.unit})" if self.unit else self.name, self.show(s),
+                self.show(p),
                 "-" if ratio is None else f"{ratio:.2f}x", self.target or "-", met or "-"]
 
 
@@ -505,8 +508,8 @@ def print_table(title: str, subject: str, peer: str, metrics: Sequence[Metric],
     for m in metrics:
         if len(m.subject) > 1 or len(m.peer) > 1:
             lines.append(f"  rounds, {m.name}: {subject} "
-                         f"{', '.join(m.fmt.format(v) for v in m.subject)}; {peer} "
-                         f"{', '.join(m.fmt.format(v) for v in m.peer)}")
+                         f"{', '.join(m.show(v) for v in m.subject)}; {peer} "
+                         f"{', '.join(m.show(v) for v in m.peer)}")
     lines.extend(f"  {n}" for n in notes)
     text = "\n".join(lines)
     print(text, flush=True)
