@@ -225,6 +225,7 @@ def _check_backplane(value: str) -> None:
 
 DEFAULT_SERVICES = [
     "services.control/ControlService",
+    "services.backplane/BackplaneService",
 ]
 
 # daemon
@@ -298,6 +299,14 @@ declare("SNAPSHOT_INTERVAL", 300.0, number(0),
 declare("BACKPLANE", "memory", STR,
         "'memory' (one process) or a redis:// URL to share broadcasts between nodes",
         section="integration", check=_check_backplane)
+declare("BACKPLANE_PREFIX", "lexicons", STR,
+        "prefix of the Redis channel names, so several deployments can share one Redis",
+        section="integration")
+declare("BACKPLANE_QUEUE", 100000, integer(1),
+        "broadcasts waiting to be sent to Redis; past that they are dropped for other nodes",
+        section="integration")
+declare("BACKPLANE_RETRY_MAX", 5.0, number(0.01),
+        "longest delay between two attempts to reach Redis again", section="integration")
 declare("BOOTSTRAP_URL", "", STR,
         "high-templar endpoint: backend URL asked for each client's allowed rooms",
         section="integration")
