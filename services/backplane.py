@@ -32,6 +32,11 @@ backplane reports itself degraded (``info()``, ``status``, ``/health``).
 Delivery through Redis is thus exactly once while connected and at most
 once across an outage.
 
+Spaces: channel names live in a *space*, ``"c"`` (the rooms service's channels)
+unless the caller names another (the high-templar endpoint's rooms use
+``"h"``); each space has its own receiver and its own Redis channels
+``<prefix>:<space>:<name>``, so the same name in two spaces never mixes.
+
 Cluster events (``say`` / ``subscribe`` / ``unsubscribe``) carry JSON data
 on ``<prefix>:e:<event>``; handlers run on one event thread of their own, in
 the order the events arrived, never in the caller's thread nor in the reader
@@ -67,6 +72,17 @@ READ_TICK = 0.5
 BATCH = 512
 #: Events waiting for their handlers; past that new ones are dropped (and counted).
 EVENT_QUEUE = 10000
+#: The space of the rooms service's channels; EVENTS and NODE are the backplane's own.
+CHANNELS = "c"
+EVENTS = "e"
+NODE = "n"
+RESERVED = frozenset({EVENTS, NODE})
+
+
+def _check_space(space: str) -> None:
+    if not space or ":" in space or space in RESERVED:
+        raise ValueError(f"a backplane space is a word without ':', other than "
+                         f"{sorted(RESERVED)}; got {space!r}")
 
 
 def new_node_id() -> str:
@@ -128,10 +144,10 @@ class BackplaneService(Service):
         self.prefix: str = self.settings.BACKPLANE_PREFIX
         self._queue_limit: int = self.settings.BACKPLANE_QUEUE
         self.counters = _Counters()
-        self._receiver: Receiver | None = None
+        self._receivers: dict[str, Receiver] = {}
         self._order = threading.RLock()   # one order for local delivery and the Redis queue
         self._lock = threading.Lock()     # channels, handlers, link state
-        self._channels: set[str] = set()  # channels with local members
+        self._channels: set[tuple[str, str]] = set()  # (space, channel) with local members
         self._handlers: dict[str, list[EventHandler]] = {}
         # Redis side
         self._outbox: collections.deque[tuple[str, bytes]] = collections.deque()
@@ -152,11 +168,15 @@ class BackplaneService(Service):
 
     # --- the interface of the rooms service -----------------------------------------
 
-    def set_receiver(self, fn: Receiver | None) -> None:
-        """Set the function that delivers a broadcast to this node's members."""
-        self._receiver = fn
+    def set_receiver(self, fn: Receiver | None, space: str = CHANNELS) -> None:
+        """Set the function that delivers a broadcast of *space* to this node's members."""
+        _check_space(space)
+        if fn is None:
+            self._receivers.pop(space, None)
+        else:
+            self._receivers[space] = fn
 
-    def publish(self, channel: str, message: bytes) -> None:
+    def publish(self, channel: str, message: bytes, space: str = CHANNELS) -> None:
         """Deliver *message* to the members of *channel* here at once, and to other nodes.
 
         Never blocks on Redis: the message is queued for the publisher thread, or
@@ -164,7 +184,7 @@ class BackplaneService(Service):
         is full.
         """
         with self._order:
-            self._deliver(channel, message)
+            self._deliver(space, channel, message)
             if self.kind == "memory":
                 self.counters.add("published")
                 return
@@ -172,30 +192,30 @@ class BackplaneService(Service):
                 self.counters.add("published")
                 self.counters.add("dropped")
                 return
-            self._outbox.append((self._redis_channel("c", channel), message))
+            self._outbox.append((self._redis_channel(space, channel), message))
         self.counters.add("published")
         self._outbox_ready.set()
 
-    def join(self, channel: str) -> None:
+    def join(self, channel: str, space: str = CHANNELS) -> None:
         """Receive broadcasts of *channel* from other nodes: this node has a member now."""
         with self._lock:
-            if channel in self._channels:
+            if (space, channel) in self._channels:
                 return
-            self._channels.add(channel)
+            self._channels.add((space, channel))
         self._wake_reader()
 
-    def leave(self, channel: str) -> None:
+    def leave(self, channel: str, space: str = CHANNELS) -> None:
         """Stop receiving *channel* from other nodes: its last local member left."""
         with self._lock:
-            if channel not in self._channels:
+            if (space, channel) not in self._channels:
                 return
-            self._channels.discard(channel)
+            self._channels.discard((space, channel))
         self._wake_reader()
 
-    def channels(self) -> set[str]:
-        """Return the channels this node has members in (as told by join/leave)."""
+    def channels(self, space: str = CHANNELS) -> set[str]:
+        """Return the channels of *space* this node has members in (as told by join/leave)."""
         with self._lock:
-            return set(self._channels)
+            return {c for s, c in self._channels if s == space}
 
     # --- cluster events --------------------------------------------------------------
 
@@ -214,7 +234,7 @@ class BackplaneService(Service):
                 if not self._publisher_up or len(self._outbox) >= self._queue_limit:
                     self.counters.add("events_dropped")
                     return
-                self._outbox.append((self._redis_channel("e", event), body.encode()))
+                self._outbox.append((self._redis_channel(EVENTS, event), body.encode()))
             self._outbox_ready.set()
 
     def subscribe(self, event: str, fn: EventHandler) -> None:
@@ -324,8 +344,8 @@ class BackplaneService(Service):
 
     # --- local delivery --------------------------------------------------------------
 
-    def _deliver(self, channel: str, message: bytes) -> None:
-        receiver = self._receiver
+    def _deliver(self, space: str, channel: str, message: bytes) -> None:
+        receiver = self._receivers.get(space)
         if receiver is None:
             return
         try:
@@ -366,13 +386,13 @@ class BackplaneService(Service):
         return f"{self.prefix}:{kind}:{name}"
 
     def _node_channel(self) -> str:
-        return self._redis_channel("n", self.node)
+        return self._redis_channel(NODE, self.node)
 
     def _wanted(self) -> set[str]:
         """Return the Redis channels the reader must hold now."""
         with self._lock:
-            wanted = {self._redis_channel("c", c) for c in self._channels}
-            wanted.update(self._redis_channel("e", e) for e in self._handlers)
+            wanted = {self._redis_channel(s, c) for s, c in self._channels}
+            wanted.update(self._redis_channel(EVENTS, e) for e in self._handlers)
         wanted.add(self._node_channel())
         return wanted
 
@@ -515,7 +535,7 @@ class BackplaneService(Service):
         data = message["data"]
         kind_name = channel[len(self.prefix) + 1:]
         kind, _, name = kind_name.partition(":")
-        if kind == "n":
+        if kind == NODE:
             return  # a wake-up of this reader
         unpacked = unpack(data) if isinstance(data, bytes) else None
         if unpacked is None:
@@ -524,10 +544,7 @@ class BackplaneService(Service):
         node, payload = unpacked
         if node == self.node:
             return  # our own broadcast coming back: local members have it already
-        if kind == "c":
-            self.counters.add("received")
-            self._deliver(name, payload)
-        elif kind == "e":
+        if kind == EVENTS:
             try:
                 body = json.loads(payload)
             except ValueError:
@@ -535,6 +552,9 @@ class BackplaneService(Service):
                 return
             self.counters.add("events_received")
             self._queue_event(name, body)
+        else:
+            self.counters.add("received")
+            self._deliver(kind, name, payload)
 
     def _close_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
@@ -599,10 +619,11 @@ class BackplaneService(Service):
     def _count(self, batch: list[tuple[str, bytes]], broadcasts: str,
                events: str | None) -> None:
         """Add the broadcasts (and events) of *batch* to the named counters."""
-        kinds = [c[len(self.prefix) + 1] for c, _ in batch]
-        self.counters.add(broadcasts, kinds.count("c"))
+        start = len(self.prefix) + 1
+        kinds = [c[start:].partition(":")[0] for c, _ in batch]
+        self.counters.add(broadcasts, sum(1 for k in kinds if k not in RESERVED))
         if events is not None:
-            self.counters.add(events, kinds.count("e"))
+            self.counters.add(events, kinds.count(EVENTS))
 
     def _drop_outbox(self) -> None:
         batch = []

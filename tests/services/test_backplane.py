@@ -90,6 +90,21 @@ def test_join_and_leave_track_channels(nodes):
     assert node.info()["channels"] == 1
 
 
+def test_spaces_keep_same_names_apart(nodes):
+    """A channel name in another space has its own receiver and membership."""
+    node = nodes()
+    other = Inbox()
+    node.set_receiver(other, space="h")
+    node.join("x", space="h")
+    node.publish("x", b"room", space="h")
+    node.publish("x", b"channel")
+    assert other.items == [("x", b"room")] and node.inbox.items == [("x", b"channel")]
+    assert node.channels() == set() and node.channels("h") == {"x"}
+    for bad in ("", "e", "n", "a:b"):
+        with pytest.raises(ValueError):
+            node.set_receiver(other, space=bad)
+
+
 def test_failing_receiver_is_counted_not_raised(nodes):
     """A receiver that raises is logged and counted; publish() still returns."""
     node = nodes()
@@ -234,6 +249,23 @@ def test_cluster_events_cross_nodes(nodes):
 
     wait_for(both, what="events on a and b")
     assert c.info()["events_received"] == 0  # no handler on c: not even subscribed
+
+
+def test_spaces_cross_nodes_separately(nodes):
+    """Through Redis, a space's broadcast reaches only that space's receiver and members."""
+    url = require_redis()
+    prefix = unique_prefix()
+    a, b = nodes(url, prefix), nodes(url, prefix)
+    rooms = Inbox()
+    b.set_receiver(rooms, space="h")
+    b.join("k", space="h")
+    b.join("k")
+    assert b.wait_synced(10) and a.wait_synced(10)
+    a.publish("k", b"to rooms", space="h")
+    a.publish("k", b"to channel")
+    wait_for(lambda: rooms.items == [("k", b"to rooms")] and b.inbox.items == [
+        ("k", b"to channel")], what="one delivery per space")
+    assert b.info()["received"] == 2 and a.info()["sent"] == 2
 
 
 def test_foreign_messages_on_a_channel_are_ignored(nodes):
