@@ -101,13 +101,23 @@ def error(message: str, request_id: Any = None, *, with_id: bool = False) -> str
     return dumps({"code": "error", "message": message})
 
 
-def publish_message(data_json: str, request_id: Any) -> str:
-    """Return the publish of already-encoded *data_json* for one subscription.
+def id_json(request_id: Any) -> bytes:
+    """Return a request id encoded once, to be spliced into publishes."""
+    return dumps(request_id).encode("utf-8")
 
-    The data is encoded once per publish by the caller and spliced into each
-    subscription's message, which differ only by their ``requestId``.
+
+def publish_payload(data_json: bytes, request_id_json: bytes) -> bytes:
+    """Return the publish of already-encoded data for one already-encoded request id.
+
+    The data is encoded once per publish and each subscription's id once per
+    subscription; the messages of one publish differ only by their ``requestId``.
     """
-    return '{"type":"publish","data":' + data_json + ',"requestId":' + dumps(request_id) + "}"
+    return b'{"type":"publish","data":' + data_json + b',"requestId":' + request_id_json + b"}"
+
+
+def publish_message(data: Any, request_id: Any) -> str:
+    """Return the publish of *data* for the subscription named *request_id*."""
+    return publish_payload(dumps(data).encode("utf-8"), id_json(request_id)).decode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -175,6 +185,11 @@ class Subscription:
     key: str
     room: dict[str, Any]
     request_id: Any
+
+    @property
+    def id_key(self) -> str:
+        """Return the identity of the request id (any JSON value)."""
+        return _id_key(self.request_id)
 
 
 def _id_key(request_id: Any) -> str:
@@ -259,9 +274,9 @@ class Trigger:
     data: Any
 
     @property
-    def data_json(self) -> str:
+    def data_json(self) -> bytes:
         """Return the data encoded once, as every publish message carries it."""
-        return dumps(self.data)
+        return dumps(self.data).encode("utf-8")
 
 
 def parse_trigger(body: bytes | str) -> Trigger:

@@ -15,9 +15,11 @@ from lexicons.hightemplar import (
     StatusAsked,
     Trigger,
     error,
+    id_json,
     parse_trigger,
     permitted,
     publish_message,
+    publish_payload,
     refusal,
     room_key,
     status_reply,
@@ -266,11 +268,18 @@ def test_close_leaves_every_room():
 
 def test_publish_message_shape():
     """A publish carries type, the data and the subscription's requestId."""
-    text = publish_message('{"id":1,"name":"é"}', "r1")
+    text = publish_message({"id": 1, "name": "é"}, "r1")
     assert json.loads(text) == {"type": "publish", "data": {"id": 1, "name": "é"},
                                 "requestId": "r1"}
-    assert json.loads(publish_message("null", 5)) == {"type": "publish", "data": None,
-                                                      "requestId": 5}
+    assert json.loads(publish_message(None, 5)) == {"type": "publish", "data": None,
+                                                    "requestId": 5}
+
+
+def test_publish_payload_splices_encoded_parts():
+    """The fast path splices data encoded once and an id encoded once into valid JSON."""
+    payload = publish_payload(b'[1,{"a":"\\u00e9"}]', id_json("x\"y"))
+    assert json.loads(payload) == {"type": "publish", "data": [1, {"a": "é"}],
+                                   "requestId": 'x"y'}
 
 
 # --- triggers ---------------------------------------------------------------------------
@@ -280,7 +289,7 @@ def test_trigger_parses():
     """A trigger body with rooms and data gives both; data may be null."""
     t = parse_trigger(b'{"rooms":[{"target":"message"}],"data":{"x":1}}')
     assert t == Trigger([{"target": "message"}], {"x": 1})
-    assert t.data_json == '{"x":1}'
+    assert t.data_json == b'{"x":1}'
     assert parse_trigger('{"rooms":[],"data":null}') == Trigger([], None)
 
 

@@ -11,6 +11,8 @@ Paths (the query string is ignored):
 * ``/trickle``   sends its headers, then one byte of body every 0.2 s
 * ``/big``       200 with a 2 MB body
 * ``/redirect``  302 to ``/ok`` (not followed: not authorized)
+* ``/bytoken``   by the ``Authorization: Token T`` header: ``slow`` like ``/slow``,
+  ``deny`` like ``/forbidden``, ``garbage`` like ``/garbage``, anything else like ``/ok``
 
 Every request's headers are recorded in ``requests`` as (path, {name: value}).
 """
@@ -70,6 +72,10 @@ class Backend:
         with self.lock:
             self.requests.append((path, {k.lower(): v for k, v in handler.headers.items()}))
         ok = json.dumps({"allowed_rooms": self.rooms}).encode()
+        if path == "/bytoken":
+            token = handler.headers.get("Authorization", "").removeprefix("Token ")
+            path = {"slow": "/slow", "deny": "/forbidden", "garbage": "/garbage"}.get(token,
+                                                                                   "/ok")
         if path == "/ok":
             self._send(handler, 200, ok)
         elif path == "/forbidden":
