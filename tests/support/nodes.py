@@ -17,6 +17,14 @@ from tests.support.daemon import make_settings
 
 _LEGACY = "legacy" in inspect.signature(connect).parameters
 
+NATIVE_SERVICES = [
+    "services.backplane/BackplaneService",
+    "services.rooms/RoomsService",
+    "services.router/RouterService",
+    "services.gate/GateService",
+    "services.listener/ListenerService",
+]
+
 HIGHTEMPLAR_SERVICES = [
     "services.backplane/BackplaneService",
     "services.hightemplar/HighTemplarService",
@@ -31,14 +39,15 @@ class Nodes:
         self.tmp_path = tmp_path
         self.managers: list[ServiceManager] = []
 
-    def start(self, services: list[str] | None = None, **overrides: Any) -> ServiceManager:
+    def start(self, services: list[str] | None = None, app: Application | None = None,
+              **overrides: Any) -> ServiceManager:
         """Start a node with *services* (default: backplane, hightemplar, listener)."""
         directory = self.tmp_path / f"node{len(self.managers)}"
         directory.mkdir()
         overrides.setdefault("HOST", "127.0.0.1")
         settings = make_settings(directory, SERVICE_LIST=services or HIGHTEMPLAR_SERVICES,
                                  **overrides)
-        manager = ServiceManager(settings, Application())
+        manager = ServiceManager(settings, app or Application())
         manager.start()
         self.managers.append(manager)
         return manager
@@ -63,15 +72,16 @@ def port_of(manager: ServiceManager) -> int:
     return manager.get_service("listener").port
 
 
-def ws_client(manager: ServiceManager, query: str = "", **kwargs: Any) -> ClientConnection:
-    """Open a websocket client to the node's ``/ws/`` endpoint."""
+def ws_client(manager: ServiceManager, query: str = "", path: str = "/ws/",
+              **kwargs: Any) -> ClientConnection:
+    """Open a websocket client to the node's ``/ws/`` endpoint (or *path*)."""
     kwargs.setdefault("open_timeout", 5)
     kwargs.setdefault("close_timeout", 2)
     kwargs.setdefault("ping_interval", None)
     kwargs.setdefault("compression", None)
     if _LEGACY:
         kwargs.setdefault("legacy", True)  # a plain connection, not a context manager
-    return connect(f"ws://127.0.0.1:{port_of(manager)}/ws/{query}", **kwargs)
+    return connect(f"ws://127.0.0.1:{port_of(manager)}{path}{query}", **kwargs)
 
 
 def http_request(manager: ServiceManager, method: str, path: str, body: Any = None,

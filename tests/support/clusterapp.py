@@ -1,0 +1,26 @@
+"""A small application for cluster tests: a public channel and a signal that broadcasts on it."""
+from __future__ import annotations
+
+from typing import Any
+
+from lexicons.application import Application
+from lexicons.channel import Channel
+from lexicons.signal import Response, Signal
+
+
+class News(Channel):
+    """Anyone may join."""
+
+    name = "news"
+
+
+class Shout(Signal):
+    """Broadcast ``{"origin": origin, "n": n}`` on news."""
+
+    def execute(self, origin: str, n: int) -> Any:
+        return Response({"origin": origin, "n": n}, channels=["news"])
+
+
+def application() -> Application:
+    """Return the application (fresh for each node)."""
+    return Application(name="clusterapp", channels=[News], signals=[Shout])
