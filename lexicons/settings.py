@@ -223,9 +223,20 @@ def _check_backplane(value: str) -> None:
         raise SettingsError("expected 'memory' or a redis:// URL")
 
 
+def _check_stack_size(value: int) -> None:
+    if value % 4096:
+        raise SettingsError("expected a multiple of 4096 bytes")
+
+
 DEFAULT_SERVICES = [
     "services.control/ControlService",
     "services.backplane/BackplaneService",
+    "services.rooms/RoomsService",
+    "services.router/RouterService",
+    "services.gate/GateService",
+    "services.hightemplar/HighTemplarService",
+    "services.amqp/AmqpService",
+    "services.listener/ListenerService",
 ]
 
 # daemon
@@ -281,6 +292,18 @@ declare("HANDSHAKE_TIMEOUT", 10.0, number(0.1),
 declare("PERMESSAGE_DEFLATE", False, BOOL,
         "offer permessage-deflate (server_no_context_takeover, so one frame serves all)",
         section="network")
+declare("MAX_HEADER_SIZE", 16384, integer(1024),
+        "largest HTTP request head (request line and headers), in bytes (larger: 431)",
+        section="network")
+declare("HANDSHAKE_WORKERS", 4, integer(1),
+        "threads running header checks and plain HTTP handlers, off the accepting thread",
+        section="network")
+declare("CLOSE_TIMEOUT", 2.0, number(0.01),
+        "seconds a closing connection has to answer the close frame before it is dropped",
+        section="network")
+declare("THREAD_STACK_SIZE", 512 * 1024, integer(65536),
+        "stack size in bytes of each connection's thread (only touched pages use memory)",
+        section="network", check=_check_stack_size)
 declare("STATIC_DIR", "", PATH, "directory of static files served over plain HTTP",
         section="network")
 

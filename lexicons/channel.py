@@ -1,0 +1,137 @@
+"""Channels: named groups of connections that receive broadcasts.
+
+A Channel class declares a name, plain or with parameters, and who may join::
+
+    class Public(Channel):
+        name = "public"
+
+    class Room(Channel):
+        name = "room:{name}"            # room:lobby, room:42, ...
+
+        def permit(self, ws, name):     # called on subscribe, with the parameters
+            return name in ws.auth.get("rooms", ())
+
+A client joins with the built-in signal ``{"Subscribe": {"channel": "room:lobby"}}``
+and leaves with ``{"Unsubscribe": {"channel": "room:lobby"}}``. Signals name
+channels as strings or instances: ``Response(data, channels=[Room(name="lobby")])``.
+
+The default :meth:`Channel.permit` lets anyone in, unless the connection's
+headers granted it a list of channel patterns in ``ws.auth["channels"]``:
+then the channel name must match one of them, where ``*`` matches any run of
+characters (``"room:*"``, ``"*"``). A parameter value matches ``[^:]+``.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from .errors import CallError, NotPermitted, SettingsError
+from .signal import Signal
+
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def pattern_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a permission pattern where ``*`` matches any run of characters."""
+    return re.compile("^" + ".*".join(re.escape(part) for part in pattern.split("*")) + "$",
+                      re.DOTALL)
+
+
+def matches(pattern: str, name: str) -> bool:
+    """Tell whether channel *name* matches *pattern* (``*`` matches anything)."""
+    if "*" not in pattern:
+        return pattern == name
+    return pattern_regex(pattern).match(name) is not None
+
+
+class Channel:
+    """Base class of an application's channels (see the module doc)."""
+
+    #: The channel's name, with ``{param}`` placeholders (default: the class name).
+    name: ClassVar[str | None] = None
+
+    def __init__(self, **params: Any):
+        self.params = {k: str(v) for k, v in params.items()}
+
+    def __str__(self) -> str:
+        try:
+            return self.template().format(**self.params)
+        except KeyError as exc:
+            raise CallError(f"channel {type(self).__name__} needs parameter {exc.args[0]!r}"
+                            ) from None
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"
+
+    def permit(self, ws: Any, **params: str) -> bool:
+        """Tell whether connection *ws* may join this channel (see the module doc)."""
+        grants = (getattr(ws, "auth", None) or {}).get("channels")
+        if grants is None:
+            return True
+        if isinstance(grants, str):
+            grants = (grants,)
+        name = str(self)
+        return any(matches(str(p), name) for p in grants)
+
+    @classmethod
+    def template(cls) -> str:
+        """Return the name template (``room:{name}``)."""
+        return cls.name or cls.__name__
+
+
+class ChannelSet:
+    """The application's Channel classes, resolving a channel name to its class."""
+
+    def __init__(self, classes: Iterable[type[Channel]]):
+        self.exact: dict[str, type[Channel]] = {}
+        self.templates: list[tuple[re.Pattern[str], type[Channel]]] = []
+        for cls in classes:
+            if not (isinstance(cls, type) and issubclass(cls, Channel)):
+                raise SettingsError(f"channels: {cls!r} is not a Channel subclass")
+            template = cls.template()
+            if _PARAM.search(template):
+                parts = _PARAM.split(template)
+                regex = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[^:]+)"
+                                for i, p in enumerate(parts))
+                self.templates.append((re.compile(f"^{regex}$"), cls))
+            else:
+                self.exact[template] = cls
+
+    def __bool__(self) -> bool:
+        return bool(self.exact or self.templates)
+
+    def resolve(self, name: str) -> Channel:
+        """Return the Channel instance a name designates; CallError if none matches."""
+        cls = self.exact.get(name)
+        if cls is not None:
+            return cls()
+        for regex, cls in self.templates:
+            m = regex.match(name)
+            if m is not None:
+                return cls(**m.groupdict())
+        raise CallError(f"unknown channel {name[:100]!r}")
+
+    def check(self, ws: Any, name: str) -> Channel:
+        """Resolve *name* and ask its permit hook; NotPermitted if it says no."""
+        channel = self.resolve(name)
+        if not channel.permit(ws, **channel.params):
+            raise NotPermitted(f"not permitted to subscribe to {name[:100]!r}")
+        return channel
+
+
+class Subscribe(Signal):
+    """Built-in: join a channel (its permit hook decides); answers the channel's name."""
+
+    def execute(self, channel: str, ws: Any, sv: Any) -> str:
+        sv.subscribe(ws, channel, check=True)
+        return channel
+
+
+class Unsubscribe(Signal):
+    """Built-in: leave a channel (leaving one not joined is not an error)."""
+
+    def execute(self, channel: str, ws: Any, sv: Any) -> str:
+        sv.unsubscribe(ws, channel)
+        return channel

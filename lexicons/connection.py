@@ -1,0 +1,746 @@
+"""Websocket connections: one reader thread each, one outbound buffer each, one flusher.
+
+Theory of operation
+-------------------
+A :class:`Connection` is a simple-websocket ``Base`` (server side) whose
+handshake is fed the request the listener already parsed and checked. After
+the upgrade the wsproto/h11 objects are dropped (memory) and frames are
+decoded by :class:`lexicons.frames.FrameDecoder`, about ten times faster.
+
+Reading. simple-websocket's single thread per connection reads the socket
+(blocking ``recv``), decodes frames and dispatches each complete message to
+the connection's handler *from that thread* (``handler.on_message``). No
+second thread, no ``receive()``: messages of one connection are handled in
+order, and a client that floods is slowed by TCP itself. Reader threads are
+started with a small stack and without a ``threading.Thread`` object.
+
+Writing. simple-websocket writes to ``self.sock`` from several places and has
+no write lock; here ``self.sock`` is an outlet whose ``send`` goes through
+the connection's single outbound buffer, and every write (reply, broadcast,
+pong, ping, close) takes the connection's one ``lock``:
+
+* a reply (:meth:`Connection.send_frame`) is written at once with a
+  non-blocking ``send`` when nothing is queued; what does not fit is queued.
+* a broadcast (:meth:`Connection.push`) appends the already-framed bytes to
+  the buffer and marks the connection dirty; the :class:`Hub`'s flusher
+  thread joins everything queued for a dirty connection into one ``send``
+  and waits in its selector for writability when the kernel is full.
+* when the queued bytes exceed the limit the queue is dropped (keeping a
+  partly sent frame, so the stream stays well-formed) and the connection is
+  closed with 1008 ``"outbound buffer over N bytes: slow consumer"``. Pongs
+  count too, so a client that pings without reading is cut off as well.
+
+Closing. States go OPEN -> CLOSING (a close frame is queued; the reader keeps
+reading until the peer's close, EOF or ``close_timeout``) -> CLOSED (the
+reader thread ended). Only the flusher closes sockets, after the reader has
+finished and the close frame went out (or the timeout passed), so a file
+descriptor is never closed under a thread still using it, and every socket
+is closed explicitly. If a peer does not answer a close in time the flusher
+shuts the socket down, which wakes the reader.
+"""
+from __future__ import annotations
+
+import _thread
+import collections
+import enum
+import itertools
+import logging
+import os
+import selectors
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from simple_websocket.ws import Base
+from wsproto import ConnectionType
+from wsproto.events import AcceptConnection
+from wsproto.events import Request as WSRequest
+from wsproto.extensions import PerMessageDeflate
+
+from . import frames
+from .events import BinaryMessage, CloseReceived, Ping, Pong, Request, TextMessage, Violation
+from .frames import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL, CLOSE_POLICY
+
+log = logging.getLogger("lexicons.connection")
+
+_MSG_DONTWAIT = socket.MSG_DONTWAIT
+_JOIN_LIMIT = 256 * 1024  # most bytes joined into one send
+_ids = itertools.count(1)
+
+
+class State(enum.Enum):
+    """Where a connection is in its life."""
+
+    CONNECTING = "CONNECTING"
+    OPEN = "OPEN"
+    CLOSING = "CLOSING"
+    CLOSED = "CLOSED"
+
+
+_TRANSITIONS = {
+    State.CONNECTING: {State.OPEN, State.CLOSED},
+    State.OPEN: {State.CLOSING, State.CLOSED},
+    State.CLOSING: {State.CLOSED},
+    State.CLOSED: set(),
+}
+
+
+class Handler(Protocol):
+    """What a connection tells the protocol spoken on its path."""
+
+    def on_open(self, conn: Connection) -> None: ...
+    def on_message(self, conn: Connection, data: str | bytes) -> None: ...
+    def on_close(self, conn: Connection) -> None: ...
+
+
+class Peer:
+    """Who is connecting: what the handshake said and what the headers establish.
+
+    Header classes receive it as ``ws``; what they set on it (``ws.auth[...]``,
+    ``ws.user = ...``) is carried over to the :class:`Connection`.
+    """
+
+    def __init__(self, address: Any, request: Request):
+        self.address = address
+        self.request = request
+        self.auth: dict[str, Any] = {}
+
+    @property
+    def ip(self) -> str:
+        """Return the client's IP address."""
+        return self.address[0] if isinstance(self.address, tuple) else str(self.address)
+
+
+class TLS:
+    """TLS over memory buffers, so the raw socket works like a plain one.
+
+    Needs the connection's lock held (an SSLObject is not thread-safe).
+    """
+
+    __slots__ = ("obj", "incoming", "outgoing")
+
+    def __init__(self, context: ssl.SSLContext):
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+
+    def handshake(self, data: bytes) -> tuple[bool, bytes]:
+        """Feed handshake bytes; return (finished, bytes to send)."""
+        if data:
+            self.incoming.write(data)
+        try:
+            self.obj.do_handshake()
+            done = True
+        except ssl.SSLWantReadError:
+            done = False
+        return done, self.outgoing.read()
+
+    def encrypt(self, data: bytes) -> bytes:
+        """Return the TLS records carrying *data*."""
+        self.obj.write(data)
+        return self.outgoing.read()
+
+    def decrypt(self, data: bytes) -> tuple[bytes, bytes]:
+        """Return (plain bytes received, TLS bytes to send back)."""
+        if data:
+            self.incoming.write(data)
+        chunks = []
+        while True:
+            try:
+                chunk = self.obj.read(65536)
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks), self.outgoing.read()
+
+
+class _NoEvent:
+    """Stands in for simple-websocket's Event: messages are dispatched, never awaited."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return False
+
+
+class _ReaderThread:
+    """A thread without a ``threading.Thread`` object, started with a small stack."""
+
+    __slots__ = ("target", "name")
+    stack_size = 512 * 1024
+    _lock = threading.Lock()
+
+    def __init__(self, target: Any):
+        self.target = target
+        self.name = "lexicons-reader"
+
+    def start(self) -> None:
+        # the stack size is process-wide: set it only around this thread's start
+        with _ReaderThread._lock:
+            old = _thread.stack_size(self.stack_size)
+            try:
+                _thread.start_new_thread(self.target, ())
+            finally:
+                _thread.stack_size(old)
+
+
+class _Outlet:
+    """The socket simple-websocket sees: every write goes through the outbound buffer."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+
+    def send(self, data: bytes) -> int:
+        self.conn.send_frame(bytes(data))
+        return len(data)
+
+    sendall = send
+
+    def recv(self, size: int) -> bytes:
+        return self.conn.raw.recv(size)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class Connection(Base):
+    """One websocket connection (server side); see the module doc."""
+
+    def __init__(self, sock: socket.socket, peer: Peer, handler: Handler, hub: Hub, *,
+                 trailing: bytes = b"", tls: TLS | None = None):
+        self.id = next(_ids)
+        sock.setblocking(True)  # the reader blocks in recv; writes pass MSG_DONTWAIT
+        self.raw = sock
+        self.hub = hub
+        self.handler = handler
+        self.tls = tls
+        self.lock = threading.Lock()
+        self.state = State.CONNECTING
+        self.out: collections.deque[bytes] = collections.deque()
+        self.out_bytes = 0
+        self.head_partial = False  # out[0] is the rest of a frame partly sent
+        self.dirty = False         # waiting in the hub's dirty queue
+        self.writing = False       # registered in the flusher's selector for writability
+        self.linger = False        # a close frame must go out before the socket closes
+        self.deadline = 0.0        # when a CLOSING connection is cut off
+        self.busy = False          # the handler is running (a call may take long)
+        self.channels: set[str] = set()
+        self.deflate_bits = 0
+        self.decoder: frames.FrameDecoder | None = None
+        self._trailing = trailing
+        self.address = peer.address
+        self.request = peer.request
+        self.auth = peer.auth
+        for key, value in vars(peer).items():
+            if key not in ("address", "request", "auth") and not hasattr(self, key):
+                setattr(self, key, value)
+        hub.add(self)
+        try:
+            super().__init__(sock=_Outlet(self), connection_type=ConnectionType.SERVER,
+                             receive_bytes=hub.receive_bytes, ping_interval=None,
+                             max_message_size=hub.max_message_size,
+                             thread_class=_ReaderThread, event_class=_NoEvent)
+        except BaseException:
+            hub.discard(self)
+            raise
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} {self.address!r} {self.state.value.lower()}>"
+
+    # --- handshake (called by simple-websocket's Base.__init__) -------------------------
+
+    def handshake(self) -> None:
+        """Feed the parsed request to wsproto, choose extensions, send the 101."""
+        request = self.request
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in request.headers]
+        self.ws.initiate_upgrade_connection(headers, request.target)
+        event = next(self.ws.events())
+        if not isinstance(event, WSRequest):  # the listener checked the request already
+            raise RuntimeError(f"unexpected handshake event {type(event).__name__}")
+        extensions = []
+        if self.hub.deflate and any(e.split(";")[0].strip() == "permessage-deflate"
+                                    for e in event.extensions):
+            # one compressed frame must serve every connection: no context takeover
+            extensions = [PerMessageDeflate(client_no_context_takeover=True,
+                                            server_no_context_takeover=True)]
+        data = self.ws.send(AcceptConnection(extensions=extensions))
+        inflate_bits = 0
+        if extensions and extensions[0].enabled():
+            self.deflate_bits = extensions[0].server_max_window_bits
+            inflate_bits = extensions[0].client_max_window_bits
+        self.decoder = frames.FrameDecoder(self.hub.max_message_size, inflate_bits)
+        self.ws = None  # the handshake objects are not needed any more
+        self._set_state(State.OPEN)
+        self.connected = True
+        self.send_frame(data)
+
+    # --- the reader thread ----------------------------------------------------------------
+
+    def _thread(self) -> None:
+        """Read, decode and dispatch until the peer or the server ends the connection."""
+        try:
+            self.handler.on_open(self)
+            if self._trailing:
+                data, self._trailing = self._trailing, b""
+                if not self._receive(data):
+                    return
+            recv = self.raw.recv
+            size = self.receive_bytes
+            while True:
+                data = recv(size)
+                if not data or not self._receive(data):
+                    break
+        except OSError:
+            pass  # reset, or shut down by the flusher: the connection is over either way
+        except Exception:
+            log.exception("connection %s: reader failed", self.id)
+        finally:
+            self._finish()
+
+    def _receive(self, data: bytes) -> bool:
+        """Handle bytes read; False when reading should stop."""
+        if self.tls is not None:
+            with self.lock:
+                data, reply = self.tls.decrypt(data)
+                if reply:
+                    self._queue_locked(reply, encrypted=True)
+            if not data:
+                return True
+        events = self.decoder.feed(data)
+        return self._handle_events(events) if events else True
+
+    def _handle_events(self, events: Iterable[Any] = ()) -> bool:
+        """Act on decoded frame events; False when reading should stop."""
+        for event in events:
+            kind = type(event)
+            if kind is TextMessage:
+                if self.state is State.OPEN:
+                    self._dispatch(event.text)
+            elif kind is BinaryMessage:
+                if self.state is State.OPEN:
+                    self._dispatch(event.data)
+            elif kind is Ping:
+                self.send_frame(frames.frame(frames.OP_PONG, event.payload))
+            elif kind is Pong:
+                self.pong_received = True
+            elif kind is CloseReceived:
+                self._close_received(event)
+                return False
+            elif kind is Violation:
+                log.debug("connection %s: %s (%d)", self.id, event.reason, event.code)
+                self.close(event.code, event.reason)
+        return True
+
+    def _dispatch(self, data: str | bytes) -> None:
+        self.busy = True
+        try:
+            self.handler.on_message(self, data)
+        except Exception:
+            # the handler answers its own errors; one escaping is a bug: no zombie, close
+            log.exception("connection %s: handler failed", self.id)
+            self.close(CLOSE_INTERNAL, "internal error")
+        finally:
+            self.busy = False
+
+    def _close_received(self, event: CloseReceived) -> None:
+        with self.lock:
+            self.close_reason = event.code
+            self.close_message = event.reason
+            if self.state is State.OPEN:
+                code = event.code if event.code is not None else CLOSE_NORMAL
+                self._begin_close(code, "", echo=True)
+
+    def _finish(self) -> None:
+        """End of the reader thread: run on_close, hand the socket to the flusher."""
+        with self.lock:
+            self.linger = self.state is State.CLOSING and bool(self.out)
+            self._set_state(State.CLOSED)
+            self.connected = False
+        try:
+            self.handler.on_close(self)
+        except Exception:
+            log.exception("connection %s: on_close failed", self.id)
+        self.hub.retire(self)
+
+    # --- writing ----------------------------------------------------------------------
+
+    def send_frame(self, data: bytes) -> bool:
+        """Write framed bytes now if nothing is queued, else queue them (the reply path)."""
+        with self.lock:
+            if self.state is not State.OPEN:
+                return False
+            return self._queue_locked(data, immediate=True)
+
+    def push(self, data: bytes) -> None:
+        """Queue framed bytes for the flusher (the broadcast path); call hub.wake() after."""
+        with self.lock:
+            if self.state is State.OPEN:
+                self._queue_locked(data)
+
+    def _queue_locked(self, data: bytes, immediate: bool = False,
+                      encrypted: bool = False) -> bool:
+        """Send or queue *data*; False if the connection was cut off. Needs self.lock."""
+        if self.tls is not None and not encrypted:
+            data = self.tls.encrypt(data)
+        if immediate and not self.out:
+            try:
+                sent = self.raw.send(data, _MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._broken_locked()
+                return False
+            if sent == len(data):
+                return True
+            if sent:
+                data = data[sent:]
+                self.head_partial = True
+        self.out.append(data)
+        self.out_bytes += len(data)
+        if self.out_bytes > self.hub.outbox_limit and self.state is State.OPEN:
+            self._overflow_locked()
+            return False
+        if not self.dirty:
+            self.dirty = True
+            self.hub.mark(self)
+        return True
+
+    def _overflow_locked(self) -> None:
+        """Drop the queue (keeping a partly sent frame) and close: slow consumer."""
+        keep = self.out[0] if self.head_partial and self.out else None
+        self.out.clear()
+        self.out_bytes = 0
+        if keep is not None:
+            self.out.append(keep)
+            self.out_bytes = len(keep)
+        limit = self.hub.outbox_limit
+        log.info("connection %s: outbound buffer over %d bytes, closing (slow consumer)",
+                 self.id, limit)
+        self.hub.slow_consumers += 1
+        self._begin_close(CLOSE_POLICY, f"outbound buffer over {limit} bytes: slow consumer")
+
+    def _broken_locked(self) -> None:
+        """The socket failed on send: drop everything, wake the reader. Needs self.lock."""
+        self.out.clear()
+        self.out_bytes = 0
+        if self.state is State.OPEN:
+            self._set_state(State.CLOSING)
+            self.connected = False
+        self.hub.shutdown(self)
+
+    # --- closing ----------------------------------------------------------------------
+
+    def close(self, reason: int | None = None, message: str | None = None) -> None:
+        """Start the closing handshake (default 1000). Does nothing if already closing."""
+        with self.lock:
+            if self.state is State.OPEN:
+                self._begin_close(reason or CLOSE_NORMAL, message or "")
+
+    def _begin_close(self, code: int, reason: str, echo: bool = False) -> None:
+        """Queue a close frame and move to CLOSING. Needs self.lock."""
+        self._set_state(State.CLOSING)
+        self.connected = False
+        if not echo:
+            self.close_reason = code
+            self.close_message = reason
+        self._queue_locked(frames.close_frame(code, reason), immediate=True)
+        self.hub.closing(self)
+
+    def _set_state(self, new: State) -> None:
+        """Move to *new*; the only place the state changes. Needs self.lock (or no reader yet)."""
+        if new is self.state:
+            return
+        if new not in _TRANSITIONS[self.state]:
+            raise RuntimeError(f"connection {self.id}: illegal transition "
+                               f"{self.state.value} -> {new.value}")
+        self.state = new
+
+    # --- what signals use -------------------------------------------------------------
+
+    def send(self, data: str | bytes) -> None:  # simple-websocket's API, kept working
+        """Send one message (text for str, binary for bytes) to this client."""
+        if isinstance(data, str):
+            self.send_frame(frames.text_frame(data.encode("utf-8")))
+        else:
+            self.send_frame(frames.frame(frames.OP_BINARY, bytes(data)))
+
+    def receive(self, timeout: float | None = None) -> Any:
+        """Not available: messages are dispatched to the handler as they arrive."""
+        raise RuntimeError("lexicons dispatches messages to the handler; receive() is not used")
+
+    @property
+    def open(self) -> bool:
+        """Tell whether messages can still be sent to this client."""
+        return self.state is State.OPEN
+
+
+class Hub:
+    """The open connections of one listener, and the flusher thread that writes for them.
+
+    The flusher owns a selector and is the only thread that registers sockets
+    in it or closes them. It wakes on: a connection marked dirty, a socket
+    becoming writable, a connection retired by its reader, and every ``tick``
+    to enforce close deadlines and send pings.
+    """
+
+    tick = 0.2
+
+    def __init__(self, *, outbox_limit: int = 1 << 20, max_message_size: int = 1 << 20,
+                 ping_interval: float = 25.0, close_timeout: float = 2.0,
+                 deflate: bool = False, receive_bytes: int = 65536,
+                 stack_size: int = 512 * 1024):
+        self.outbox_limit = outbox_limit
+        self.max_message_size = max_message_size
+        self.ping_interval = ping_interval
+        self.close_timeout = close_timeout
+        self.deflate = deflate
+        self.receive_bytes = receive_bytes
+        self.stack_size = stack_size
+        self.connections: set[Connection] = set()
+        self.opened = 0
+        self.slow_consumers = 0
+        self._lock = threading.Lock()
+        self._dirty: collections.deque[Connection] = collections.deque()
+        self._retired: collections.deque[Connection] = collections.deque()
+        self._closing: collections.deque[Connection] = collections.deque()
+        self._deadlines: dict[Connection, float] = {}
+        self._lingering: set[Connection] = set()
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._woken = False
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_ping = time.monotonic() + ping_interval if ping_interval else float("inf")
+
+    # --- registry ---------------------------------------------------------------------
+
+    def add(self, conn: Connection) -> None:
+        """Count a new connection (before its reader starts)."""
+        with self._lock:
+            self.connections.add(conn)
+            self.opened += 1
+
+    def discard(self, conn: Connection) -> None:
+        """Forget a connection whose handshake failed (its socket is the caller's)."""
+        with self._lock:
+            self.connections.discard(conn)
+
+    def __len__(self) -> int:
+        return len(self.connections)
+
+    # --- called from any thread -------------------------------------------------------
+
+    def mark(self, conn: Connection) -> None:
+        """Queue a dirty connection for the flusher (conn.lock held by the caller)."""
+        self._dirty.append(conn)
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake the flusher if it is not already awake."""
+        if not self._woken:
+            self._woken = True
+            try:
+                self._wake_w.send(b"x")
+            except OSError:
+                pass  # the pipe is full: the flusher is awake anyway
+
+    def retire(self, conn: Connection) -> None:
+        """Hand a connection whose reader ended to the flusher, which closes its socket."""
+        self._retired.append(conn)
+        self.wake()
+
+    def closing(self, conn: Connection) -> None:
+        """Start the close deadline of a connection that sent its close frame."""
+        conn.deadline = time.monotonic() + self.close_timeout
+        self._closing.append(conn)
+
+    def shutdown(self, conn: Connection) -> None:
+        """Shut a connection's socket down: its reader wakes with end-of-file."""
+        try:
+            conn.raw.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the flusher thread."""
+        _ReaderThread.stack_size = self.stack_size
+        self._stopped.clear()
+        self._thread = threading.Thread(target=self._run, name="lexicons-flusher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close every connection (1001), wait for their readers, stop the flusher."""
+        for conn in list(self.connections):
+            conn.close(CLOSE_GOING_AWAY, "server shutting down")
+        deadline = time.monotonic() + timeout
+        while self.connections and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for conn in list(self.connections):  # readers that did not end: wake them
+            self.shutdown(conn)
+        deadline = time.monotonic() + 1.0
+        while self.connections and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self._stopped.set()
+        self.wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        for conn in list(self.connections):  # a reader stuck in a signal: close anyway
+            self._finalize(conn)
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # --- the flusher thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                self._turn()
+            except Exception:  # the flusher must outlive any one bad connection
+                log.exception("flusher failed a turn")
+                time.sleep(0.01)
+
+    def _turn(self) -> None:
+        for key, _ in self._selector.select(self.tick):
+            if key.data is None:
+                try:
+                    while self._wake_r.recv(4096):
+                        pass
+                except BlockingIOError:
+                    pass
+                self._woken = False
+            else:
+                self._flush(key.data, writable=True)
+        dirty = self._dirty
+        while dirty:
+            self._flush(dirty.popleft())
+        retired = self._retired
+        while retired:
+            self._retire(retired.popleft())
+        closing = self._closing
+        while closing:
+            conn = closing.popleft()
+            self._deadlines[conn] = conn.deadline
+        now = time.monotonic()
+        if self._deadlines:
+            self._enforce_deadlines(now)
+        if now >= self._next_ping:
+            self._next_ping = now + self.ping_interval
+            self._ping_all()
+
+    def _flush(self, conn: Connection, writable: bool = False) -> None:
+        """Write what is queued for *conn* in as few sends as possible."""
+        with conn.lock:
+            conn.dirty = False
+            if conn.writing and not writable:
+                return  # the selector will say when the kernel has room
+            out = conn.out
+            while out:
+                if len(out) == 1:
+                    data = out.popleft()
+                else:
+                    chunks = []
+                    size = 0
+                    while out and size < _JOIN_LIMIT:
+                        chunk = out.popleft()
+                        chunks.append(chunk)
+                        size += len(chunk)
+                    data = b"".join(chunks)
+                try:
+                    sent = conn.raw.send(data, _MSG_DONTWAIT)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    conn._broken_locked()
+                    break
+                conn.out_bytes -= sent
+                if sent < len(data):
+                    out.appendleft(data[sent:])
+                    conn.head_partial = True
+                    if not conn.writing:
+                        self._selector.register(conn.raw, selectors.EVENT_WRITE, conn)
+                        conn.writing = True
+                    return
+                conn.head_partial = False
+            if conn.writing:
+                self._selector.unregister(conn.raw)
+                conn.writing = False
+        if conn in self._lingering:
+            self._lingering.discard(conn)
+            self._finalize(conn)
+
+    def _retire(self, conn: Connection) -> None:
+        """Close a finished connection's socket, after its close frame went out."""
+        if conn.linger and conn.out and time.monotonic() < conn.deadline:
+            self._lingering.add(conn)
+            self._deadlines.setdefault(conn, conn.deadline)
+            self._flush(conn)
+            return
+        self._finalize(conn)
+
+    def _finalize(self, conn: Connection) -> None:
+        with conn.lock:
+            if conn.writing:
+                try:
+                    self._selector.unregister(conn.raw)
+                except (KeyError, ValueError):
+                    pass
+                conn.writing = False
+            conn.out.clear()
+            conn.out_bytes = 0
+            try:
+                conn.raw.close()
+            except OSError:
+                pass
+        self._lingering.discard(conn)
+        self._deadlines.pop(conn, None)
+        with self._lock:
+            self.connections.discard(conn)
+
+    def _enforce_deadlines(self, now: float) -> None:
+        for conn, deadline in list(self._deadlines.items()):
+            if now < deadline:
+                continue
+            del self._deadlines[conn]
+            if conn in self._lingering:
+                self._lingering.discard(conn)
+                self._finalize(conn)
+            elif conn.state is not State.CLOSED:
+                self.shutdown(conn)  # the peer did not answer the close: wake the reader
+
+    def _ping_all(self) -> None:
+        ping = frames.frame(frames.OP_PING)
+        timeout = f"no pong within {self.ping_interval:g} s"
+        for conn in list(self.connections):
+            if conn.state is not State.OPEN or conn.busy:
+                continue
+            if not conn.pong_received:
+                conn.close(CLOSE_POLICY, timeout)
+                continue
+            conn.pong_received = False
+            conn.push(ping)
+        self.wake()
+
+
+def stack_size_valid(size: int) -> bool:
+    """Tell whether *size* is a thread stack size this platform accepts."""
+    return size >= 32768 and size % os.sysconf("SC_PAGE_SIZE") == 0

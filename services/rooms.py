@@ -1,0 +1,171 @@
+"""The rooms service: channel membership, subscription permission, fan-out.
+
+Theory of operation
+-------------------
+Membership is a dict per channel (a connection is in a channel at most
+once) plus, on each connection, the set of its channels, so a disconnect
+cleans up in time proportional to its own channels. Broadcasting reads an
+immutable snapshot (a tuple) of a channel's members, rebuilt only after the
+membership changed, so fan-out takes no lock.
+
+A broadcast is encoded once (JSON once) and framed once: server frames are
+not masked, so the same bytes go to every member (a second, compressed frame
+is made once for the members that negotiated permessage-deflate). Each
+member's outbound buffer gets the frame appended; the flusher of the
+connections' hub then writes each one's queue in one ``send``. A slow member
+only fills its own buffer.
+
+Cross-node delivery: when the daemon runs a ``backplane`` service, publishing
+goes through ``backplane.publish(channel, message)`` (the encoded text,
+unframed) instead of local delivery; the backplane calls back
+:meth:`RoomsService.deliver_local` on every node with members. This node
+tells the backplane ``join(channel)`` when it gains its first local member of
+a channel and ``leave(channel)`` when it loses its last.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from lexicons import protocol
+from lexicons.channel import ChannelSet
+from lexicons.connection import Connection, State
+from lexicons.frames import deflate_frame, text_frame
+from lexicons.service import Service
+
+_EMPTY: tuple[Connection, ...] = ()
+
+
+class RoomsService(Service):
+    """Own channel membership and fan-out (see the module doc)."""
+
+    name = "rooms"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.channels = ChannelSet(())
+        self.backplane: Any = None
+        self.published = 0
+        self.delivered = 0
+        self._lock = threading.Lock()
+        self._members: dict[str, dict[Connection, None]] = {}
+        self._snapshots: dict[str, tuple[Connection, ...]] = {}
+
+    def setup(self) -> None:
+        self.channels = ChannelSet(self.manager.app.channels)
+        if self.manager.has_service("backplane"):
+            self.backplane = self.manager.get_service("backplane")
+            self.backplane.set_receiver(self.deliver_local)
+
+    def info(self) -> dict[str, Any]:
+        with self._lock:
+            channels = len(self._members)
+            memberships = sum(len(m) for m in self._members.values())
+        return {"channels": channels, "memberships": memberships,
+                "published": self.published, "delivered": self.delivered,
+                "backplane": self.backplane is not None}
+
+    # --- membership ---------------------------------------------------------------------
+
+    def join(self, conn: Connection, channel: str, check: bool = True) -> None:
+        """Put *conn* in *channel*; with *check*, the channel must exist and permit it.
+
+        Raises CallError (unknown channel) or NotPermitted (its permit hook said no).
+        """
+        if check:
+            self.channels.check(conn, channel)
+        with self._lock:
+            if conn.state is not State.OPEN:
+                return  # closing: on_close may already have run, do not resurrect it
+            members = self._members.get(channel)
+            first = members is None
+            if first:
+                members = self._members[channel] = {}
+            elif conn in members:
+                return
+            members[conn] = None
+            conn.channels.add(channel)
+            self._snapshots.pop(channel, None)
+            if first and self.backplane is not None:
+                self.backplane.join(channel)
+
+    def leave(self, conn: Connection, channel: str) -> None:
+        """Take *conn* out of *channel* (nothing happens if it was not in it)."""
+        with self._lock:
+            self._leave_locked(conn, channel)
+
+    def drop(self, conn: Connection) -> None:
+        """Take a closed connection out of every channel."""
+        with self._lock:
+            for channel in list(conn.channels):
+                self._leave_locked(conn, channel)
+
+    def _leave_locked(self, conn: Connection, channel: str) -> None:
+        """Needs self._lock."""
+        conn.channels.discard(channel)
+        members = self._members.get(channel)
+        if members is None or conn not in members:
+            return
+        del members[conn]
+        self._snapshots.pop(channel, None)
+        if not members:
+            del self._members[channel]
+            if self.backplane is not None:
+                self.backplane.leave(channel)
+
+    def members(self, channel: str) -> tuple[Connection, ...]:
+        """Return the connections in *channel* now (a snapshot)."""
+        snapshot = self._snapshots.get(channel)
+        if snapshot is None:
+            with self._lock:
+                members = self._members.get(channel)
+                snapshot = tuple(members) if members else _EMPTY
+                self._snapshots[channel] = snapshot
+        return snapshot
+
+    # --- fan-out ------------------------------------------------------------------------
+
+    def publish(self, channels: Iterable[str], name: str, payload: Any) -> None:
+        """Broadcast ``[{name: payload}]`` on *channels* (raises TypeError if not JSON-able)."""
+        channels = tuple(channels)
+        message = protocol.broadcast(name, payload).encode("utf-8")
+        self.published += 1
+        if self.backplane is not None:
+            for channel in channels:
+                self.backplane.publish(channel, message)
+        else:
+            self.deliver(channels, message)
+
+    def deliver_local(self, channel: str, message: bytes) -> None:
+        """Deliver an encoded message to this node's members of *channel* (frames it once)."""
+        self.deliver((channel,), message)
+
+    def deliver(self, channels: tuple[str, ...], message: bytes) -> None:
+        """Deliver an encoded message to the local members of *channels*, each once."""
+        if len(channels) == 1:
+            members = self.members(channels[0])
+        else:
+            members = tuple(dict.fromkeys(c for ch in channels for c in self.members(ch)))
+        if not members:
+            return
+        frame = text_frame(message)
+        compressed: dict[int, bytes] = {}
+        hub = None
+        hubs = []
+        for conn in members:
+            bits = conn.deflate_bits
+            if bits:
+                data = compressed.get(bits)
+                if data is None:
+                    data = compressed[bits] = deflate_frame(message, bits)
+                conn.push(data)
+            else:
+                conn.push(frame)
+            if conn.hub is not hub:
+                hub = conn.hub
+                if hub not in hubs:
+                    hubs.append(hub)
+        self.delivered += len(members)
+        for hub in hubs:
+            hub.wake()

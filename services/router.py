@@ -1,0 +1,211 @@
+"""The router service: decode calls, run signals, answer the caller, hand broadcasts on.
+
+Theory of operation
+-------------------
+The router is the message handler of every native-protocol connection. A
+message is decoded by the pure :class:`lexicons.protocol.Protocol`; each call
+runs *on the connection's own reader thread* while holding one of
+``WORKERS`` execution slots:
+
+* calls from one connection run in the order they were sent, for free: the
+  reader handles one message after another;
+* different connections run in parallel, at most ``WORKERS`` signals at once;
+* there is no hand-off to a worker thread and back per call (measured: the
+  hand-off costs about a third of the calls a second), and a client that
+  floods is slowed by TCP backpressure instead of filling a queue.
+
+``execute`` gets its checked arguments plus ``db``, ``ws`` and ``sv`` (as it
+names them); after it returns the database is committed, then the caller is
+answered and the response's broadcast goes to the rooms service. A signal
+that raises gives its caller an error (its message for a ``CallError``,
+``"Name failed"`` otherwise, the traceback only in the log) and the
+connection stays usable.
+"""
+from __future__ import annotations
+
+import queue
+from typing import Any
+
+from lexicons import protocol
+from lexicons.channel import Subscribe, Unsubscribe
+from lexicons.connection import Connection
+from lexicons.errors import CallError, NotPermitted, ServiceError
+from lexicons.events import Rejected
+from lexicons.frames import text_frame
+from lexicons.protocol import Protocol
+from lexicons.service import Service
+from lexicons.signal import NOTHING, Response, Signal, channel_names
+
+BUILT_IN: tuple[type[Signal], ...] = (Subscribe, Unsubscribe)
+
+
+class Facade:
+    """The ``sv`` argument of signals and headers: what the server offers them."""
+
+    def __init__(self, router: RouterService):
+        self._router = router
+
+    @property
+    def settings(self) -> Any:
+        """Return the daemon's settings."""
+        return self._router.settings
+
+    def service(self, name: str) -> Any:
+        """Return one of the daemon's services by name."""
+        return self._router.manager.get_service(name)
+
+    def publish(self, channels: Any, name: str, payload: Any) -> None:
+        """Broadcast ``[{name: payload}]`` to every connection in *channels*."""
+        self._router.rooms_service().publish(channel_names(channels), name, payload)
+
+    def subscribe(self, ws: Connection, channel: Any, check: bool = False) -> None:
+        """Put connection *ws* in *channel* (check=True asks the channel's permit hook)."""
+        self._router.rooms_service().join(ws, str(channel), check=check)
+
+    def unsubscribe(self, ws: Connection, channel: Any) -> None:
+        """Take connection *ws* out of *channel*."""
+        self._router.rooms_service().leave(ws, str(channel))
+
+    def send(self, ws: Connection, name: str, payload: Any) -> None:
+        """Send ``[{name: payload}]`` to connection *ws* alone."""
+        ws.send_frame(text_frame(protocol.reply(name, payload).encode("utf-8")))
+
+
+class RouterService(Service):
+    """Run the signals clients call (see the module doc)."""
+
+    name = "router"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.signals: dict[str, type[Signal]] = {}
+        self.inject: dict[str, tuple[str, ...]] = {}
+        self.protocol = Protocol({})
+        self.facade = Facade(self)
+        self.db: Any = None
+        self.rooms: Any = None
+        self.connections = 0
+        self.calls = 0
+        self.failures = 0
+        self._slots: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._guarded: set[str] = set()  # signals that define their own permit()
+
+    def setup(self) -> None:
+        specs = {}
+        for cls in (*BUILT_IN, *self.manager.app.signals):
+            if not (isinstance(cls, type) and issubclass(cls, Signal)):
+                raise ServiceError(f"signals: {cls!r} is not a Signal subclass")
+            name = cls.signal_name()
+            if name in (protocol.ERRORS, protocol.ID):
+                raise ServiceError(f"signals: {name!r} is reserved by the protocol")
+            self.signals[name] = cls  # an application's signal replaces a built-in
+            specs[name] = cls.arguments()
+            self.inject[name] = specs[name].inject
+            if cls.permit is not Signal.permit:
+                self._guarded.add(name)
+            else:
+                self._guarded.discard(name)
+        self.protocol = Protocol(specs)
+        for slot in range(self.settings.WORKERS):
+            self._slots.put(slot)
+        if self.manager.has_service("persister"):
+            self.db = getattr(self.manager.get_service("persister"), "db", None)
+        if self.manager.has_service("rooms"):
+            self.rooms = self.manager.get_service("rooms")
+
+    def info(self) -> dict[str, Any]:
+        return {"signals": sorted(self.signals), "connections": self.connections,
+                "calls": self.calls, "failures": self.failures,
+                "workers": self.settings.WORKERS}
+
+    def rooms_service(self) -> Any:
+        """Return the rooms service; ServiceError if the daemon runs none."""
+        if self.rooms is None:
+            raise ServiceError("no rooms service runs: broadcasts are not possible")
+        return self.rooms
+
+    # --- the connection handler ---------------------------------------------------------
+
+    def on_open(self, conn: Connection) -> None:
+        """Count a new connection."""
+        self.connections += 1
+
+    def on_close(self, conn: Connection) -> None:
+        """Forget a connection: leave its channels."""
+        self.connections -= 1
+        if self.rooms is not None and conn.channels:
+            self.rooms.drop(conn)
+
+    def on_message(self, conn: Connection, data: str | bytes) -> None:
+        """Decode a message and run its calls in order (on the connection's reader thread)."""
+        if not isinstance(data, str):
+            self._error(conn, ("binary messages are not understood: send JSON text",), None)
+            return
+        for item in self.protocol.decode(data):
+            if type(item) is Rejected:
+                self._error(conn, item.errors, item.id)
+            else:
+                self.run(conn, item.signal, item.kwargs, item.id)
+
+    def run(self, conn: Connection, name: str, kwargs: dict[str, Any], call_id: Any) -> None:
+        """Run one checked call and answer it."""
+        self.calls += 1
+        signal = self.signals[name]()
+        error: str | None = None
+        result = None
+        slot = self._slots.get()
+        try:
+            if name in self._guarded and not signal.permit(conn, **kwargs):
+                raise NotPermitted(f"not permitted: {name}")
+            for key in self.inject[name]:
+                kwargs[key] = conn if key == "ws" else self.db if key == "db" else self.facade
+            result = signal.execute(**kwargs)
+        except CallError as exc:
+            error = str(exc) or f"{name} refused"
+        except Exception:
+            self.failures += 1
+            self.log.exception("signal %s failed (connection %s)", name, conn.id)
+            error = f"{name} failed"
+        finally:
+            self._slots.put(slot)
+        if self.db is not None:  # durable before anyone hears of it
+            try:
+                self.db.commit()
+            except Exception:
+                self.failures += 1
+                self.log.exception("commit after %s failed", name)
+                error = f"{name} failed: its changes could not be saved"
+        if error is not None:
+            self._error(conn, (error,), call_id)
+            return
+        self._answer(conn, name, result, call_id)
+
+    def _answer(self, conn: Connection, name: str, result: Any, call_id: Any) -> None:
+        reply = result
+        try:
+            if isinstance(result, Response):
+                if result.channels:
+                    self.rooms_service().publish(result.channels, result.name or name,
+                                                 result.payload)
+                    reply = result.reply
+                else:
+                    reply = result.payload
+            if reply is None or reply is NOTHING:
+                if call_id is None:
+                    return
+                reply = None
+            text = protocol.reply(name, reply, call_id)
+        except (TypeError, ValueError, RecursionError) as exc:
+            self.failures += 1
+            self.log.error("signal %s: its answer cannot be sent: %s", name, exc)
+            self._error(conn, (f"{name} failed: its answer cannot be sent as JSON",), call_id)
+            return
+        except ServiceError as exc:
+            self.failures += 1
+            self.log.error("signal %s: %s", name, exc)
+            self._error(conn, (f"{name} failed",), call_id)
+            return
+        conn.send_frame(text_frame(text.encode("utf-8")))
+
+    def _error(self, conn: Connection, messages: tuple[str, ...], call_id: Any) -> None:
+        conn.send_frame(text_frame(protocol.errors(messages, call_id).encode("utf-8")))
