@@ -540,6 +540,10 @@ class ListenerService(Service):
         status = self.manager.status()
         states = {s["name"]: s["state"] for s in status["services"]}
         healthy = all(state == ServiceState.RUNNING.value for state in states.values())
-        body = {"healthy": healthy, "services": states,
+        # running but impaired (the backplane without Redis): shown, still served (200),
+        # since every node would be degraded alike and a balancer must not drop them all
+        degraded = [s["name"] for s in status["services"]
+                    if isinstance(s.get("info"), dict) and s["info"].get("degraded")]
+        body = {"healthy": healthy, "services": states, "degraded": degraded,
                 "connections": len(self.hub) if self.hub else 0}
         return HTTPResponse(200 if healthy else 503, body)

@@ -9,7 +9,7 @@ import pytest
 from tests.support.brokers import PrivateRedis, require_redis
 from tests.support.clusterapp import application
 from tests.support.daemon import wait_for
-from tests.support.nodes import NATIVE_SERVICES, nodes_of, ws_client
+from tests.support.nodes import NATIVE_SERVICES, http_request, nodes_of, ws_client
 
 
 @pytest.fixture
@@ -113,3 +113,29 @@ def test_redis_restart_local_delivery_never_stops(nodes, tmp_path):
             client.close()
     finally:
         server.stop()
+
+
+def test_cluster_events_reach_signals_on_other_nodes(nodes):
+    """sv.say on one node reaches handlers a signal registered with sv.subscribe on another."""
+    url = require_redis()
+    prefix = "lexicons-test-" + uuid.uuid4().hex[:8]
+    a, b = start(nodes, url, prefix), start(nodes, url, prefix)
+    listener, speaker = ws_client(b, path="/"), ws_client(a, path="/")
+    listener.send(json.dumps({"Listen": {}}))
+    assert json.loads(listener.recv(timeout=5)) == [{"Listen": "listening"}]
+    assert b.get_service("backplane").wait_synced(10)
+    speaker.send(json.dumps({"Announce": {"text": "hello"}}))
+    assert json.loads(speaker.recv(timeout=5)) == [{"Announce": "said"}]
+    assert json.loads(listener.recv(timeout=5)) == [{"Announced": {"text": "hello"}}]
+    listener.close()
+    speaker.close()
+
+
+def test_health_shows_the_backplane_degraded(nodes, tmp_path):
+    """With Redis out of reach /health still answers 200 and lists the backplane degraded."""
+    server = PrivateRedis(tmp_path)  # never started
+    node = start(nodes, server.url, "lexicons-test-down")
+    wait_for(lambda: node.get_service("backplane").info()["last_error"], what="a failure")
+    status, body = http_request(node, "GET", "/health")
+    assert status == 200 and body["healthy"] is True
+    assert body["degraded"] == ["backplane"]

@@ -21,6 +21,25 @@ class Shout(Signal):
         return Response({"origin": origin, "n": n}, channels=["news"])
 
 
+class Announce(Signal):
+    """Say cluster event "announce" with *text*."""
+
+    def execute(self, text: str, sv: Any) -> Any:
+        sv.say("announce", {"text": text})
+        return "said"
+
+
+class Listen(Signal):
+    """Forward every "announce" cluster event to the caller as ``[{"Announced": data}]``."""
+
+    def execute(self, ws: Any, sv: Any) -> Any:
+        def forward(event: str, data: Any) -> None:
+            sv.send(ws, "Announced", data)
+
+        sv.subscribe("announce", forward)
+        return "listening"
+
+
 def application() -> Application:
     """Return the application (fresh for each node)."""
-    return Application(name="clusterapp", channels=[News], signals=[Shout])
+    return Application(name="clusterapp", channels=[News], signals=[Shout, Announce, Listen])
