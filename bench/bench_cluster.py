@@ -55,6 +55,7 @@ HOST = "127.0.0.1"
 SERVER_CPU, CLIENT_CPU = 0, 1
 MARKER = re.compile(rb"#S(\d+):T(\d+)#")
 ROOM = {"bench": 1}
+TIMED_OUT = "  TIMED OUT (lost = not delivered within --timeout)"
 
 SERVICES = [
     "services.control/ControlService",
@@ -404,7 +405,8 @@ def run_phase(socks: list[socket.socket], publisher: Any, msgs: int, window: int
         lambda q: float("nan"))
     return {"deliveries_per_s": measured / (elapsed_ns / 1e9), "p50_ms": pick(0.50),
             "p99_ms": pick(0.99), "lost": msgs * n - delivered, "duplicates": dups,
-            "client_busy": cpu / max(wall, 1e-9)}
+            "client_busy": cpu / max(wall, 1e-9),
+            "timed_out": delivered < msgs * n and time.monotonic() >= deadline}
 
 
 def drain(socks: list[socket.socket], quiet: float = 0.3) -> None:
@@ -472,6 +474,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--quick", action="store_true", help="1 round, 300 broadcasts")
     parser.add_argument("--json", help="write the raw figures to this file")
+    parser.add_argument("--only", action="append", default=[],
+                        help="run only the scenarios whose name contains this (repeatable)")
     p = parser.parse_args()
     if p.quick:
         p.rounds, p.msgs, p.secs = 1, 300, 2.0
@@ -504,6 +508,9 @@ def main() -> int:
                      [node_a, node_b, redis_proc], redis_channel=f"{prefix}:c:bench"),
             Scenario("high-templar, 1 node", ht_port, ht_port, True, [ht]),
         ]
+        if p.only:
+            scenarios = [s for s in scenarios
+                         if s.name == "native, 1 node" or any(o in s.name for o in p.only)]
         results: dict[str, list[dict[str, Any]]] = {s.name: [] for s in scenarios}
         for r in range(p.rounds):
             order = scenarios if r % 2 == 0 else list(reversed(scenarios))
@@ -515,7 +522,8 @@ def main() -> int:
                       f"{thr['deliveries_per_s']:>9,.0f}/s  p99 fixed {lat['p99_ms']:.2f} ms  "
                       f"lost {thr['lost'] + lat['lost']} dup "
                       f"{thr['duplicates'] + lat['duplicates']}  client busy "
-                      f"{thr['client_busy']:.0%}", flush=True)
+                      f"{thr['client_busy']:.0%}"
+                      f"{TIMED_OUT if thr['timed_out'] or lat['timed_out'] else ''}", flush=True)
         report(results, p)
         if p.json:
             Path(p.json).write_text(json.dumps(results, indent=2))

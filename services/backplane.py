@@ -52,17 +52,24 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from lexicons.errors import ServiceError
 from lexicons.service import Service
 
 Receiver = Callable[[str, bytes], None]
+ManyReceiver = Callable[[tuple[str, ...], bytes], None]
 EventHandler = Callable[[str, Any], None]
 
-#: The first byte of every message this backplane puts on Redis (format version).
+#: The first byte of every message this backplane puts on Redis (format version);
+#: MAGIC_MANY marks a broadcast made on several channels at once.
 MAGIC = b"\x01"
+MAGIC_MANY = b"\x02"
+#: Multi-channel broadcasts remembered, so that one reaching a node on several of its
+#: channels is delivered there once.
+RECENT = 4096
 NODE_LEN = 16
 #: Seconds of silence on the subscriber connection before a PING; 3 of them: reconnect.
 KEEPALIVE = 5.0
@@ -90,20 +97,46 @@ def new_node_id() -> str:
     return os.urandom(NODE_LEN // 2).hex()
 
 
-def pack(node: str, payload: bytes) -> bytes:
-    """Wrap *payload* for Redis with the id of the publishing node."""
-    return MAGIC + node.encode("ascii") + payload
+@dataclass(frozen=True)
+class Envelope:
+    """A message as carried by Redis: who published it and, for a broadcast on several
+    channels, its id and every channel it was published on."""
+
+    node: str
+    payload: bytes
+    broadcast: str | None = None
+    channels: tuple[str, ...] = ()
 
 
-def unpack(data: bytes) -> tuple[str, bytes] | None:
-    """Return (node, payload) from a message packed by :func:`pack`, or None if foreign."""
-    if len(data) < 1 + NODE_LEN or data[:1] != MAGIC:
+def pack(node: str, payload: bytes, broadcast: str | None = None,
+         channels: tuple[str, ...] = ()) -> bytes:
+    """Wrap *payload* for Redis with the publishing node (and a multi-channel header)."""
+    if broadcast is None:
+        return MAGIC + node.encode("ascii") + payload
+    names = json.dumps(channels, separators=(",", ":")).encode("utf-8")
+    return (MAGIC_MANY + node.encode("ascii") + broadcast.encode("ascii")
+            + len(names).to_bytes(4, "big") + names + payload)
+
+
+def unpack(data: bytes) -> Envelope | None:
+    """Return the envelope of a message packed by :func:`pack`, or None if foreign."""
+    if len(data) < 1 + NODE_LEN or data[:1] not in (MAGIC, MAGIC_MANY):
         return None
     try:
         node = data[1:1 + NODE_LEN].decode("ascii")
-    except UnicodeDecodeError:
+        if data[:1] == MAGIC:
+            return Envelope(node, data[1 + NODE_LEN:])
+        at = 1 + NODE_LEN
+        broadcast = data[at:at + NODE_LEN].decode("ascii")
+        size = int.from_bytes(data[at + NODE_LEN:at + NODE_LEN + 4], "big")
+        at += NODE_LEN + 4
+        channels = json.loads(data[at:at + size])
+        if len(broadcast) != NODE_LEN or not isinstance(channels, list) or not all(
+                isinstance(c, str) for c in channels):
+            return None
+        return Envelope(node, data[at + size:], broadcast, tuple(channels))
+    except (UnicodeDecodeError, ValueError):
         return None
-    return node, data[1 + NODE_LEN:]
 
 
 class _Counters:
@@ -145,12 +178,16 @@ class BackplaneService(Service):
         self._queue_limit: int = self.settings.BACKPLANE_QUEUE
         self.counters = _Counters()
         self._receivers: dict[str, Receiver] = {}
+        self._many_receivers: dict[str, ManyReceiver] = {}
+        self._recent: collections.deque[str] = collections.deque()
+        self._recent_set: set[str] = set()
         self._order = threading.RLock()   # one order for local delivery and the Redis queue
         self._lock = threading.Lock()     # channels, handlers, link state
         self._channels: set[tuple[str, str]] = set()  # (space, channel) with local members
         self._handlers: dict[str, list[EventHandler]] = {}
         # Redis side
-        self._outbox: collections.deque[tuple[str, bytes]] = collections.deque()
+        # (Redis channel, message, 1 for the first Redis message of a broadcast or event)
+        self._outbox: collections.deque[tuple[str, bytes, int]] = collections.deque()
         self._outbox_ready = threading.Event()
         self._wanted_changed = threading.Event()
         self._subscribed: set[str] = set()  # Redis channels the reader asked for (reader only)
@@ -176,6 +213,18 @@ class BackplaneService(Service):
         else:
             self._receivers[space] = fn
 
+    def set_many_receiver(self, fn: ManyReceiver | None, space: str = CHANNELS) -> None:
+        """Set ``fn(channels, message)``: deliver once to the members of any of *channels*.
+
+        Used for broadcasts made with :meth:`publish_many`; without it they are handed
+        to the receiver of :meth:`set_receiver` once per channel.
+        """
+        _check_space(space)
+        if fn is None:
+            self._many_receivers.pop(space, None)
+        else:
+            self._many_receivers[space] = fn
+
     def publish(self, channel: str, message: bytes, space: str = CHANNELS) -> None:
         """Deliver *message* to the members of *channel* here at once, and to other nodes.
 
@@ -185,15 +234,41 @@ class BackplaneService(Service):
         """
         with self._order:
             self._deliver(space, channel, message)
+            self._forward([(self._redis_channel(space, channel),
+                            pack(self.node, message), 1)])
+
+    def publish_many(self, channels: Iterable[str], message: bytes,
+                     space: str = CHANNELS) -> None:
+        """Publish *message* on several channels; a member of several gets it once.
+
+        On other nodes too: each copy carries the broadcast's id and channel list,
+        and the first copy to reach a node is delivered there to the members of any
+        of the channels, the others skipped.
+        """
+        channels = tuple(dict.fromkeys(channels))
+        if len(channels) == 1:
+            self.publish(channels[0], message, space)
+            return
+        if not channels:
+            return
+        with self._order:
+            self._deliver_many(space, channels, message)
             if self.kind == "memory":
-                self.counters.add("published")
+                self._forward([])
                 return
-            if not self._publisher_up or len(self._outbox) >= self._queue_limit:
-                self.counters.add("published")
-                self.counters.add("dropped")
-                return
-            self._outbox.append((self._redis_channel(space, channel), message))
+            body = pack(self.node, message, new_node_id(), channels)
+            self._forward([(self._redis_channel(space, c), body, int(i == 0))
+                           for i, c in enumerate(channels)])
+
+    def _forward(self, items: list[tuple[str, bytes, int]]) -> None:
+        """Queue one broadcast's Redis messages, or count it dropped. Needs self._order."""
         self.counters.add("published")
+        if self.kind == "memory":
+            return
+        if not self._publisher_up or len(self._outbox) >= self._queue_limit:
+            self.counters.add("dropped")
+            return
+        self._outbox.extend(items)
         self._outbox_ready.set()
 
     def join(self, channel: str, space: str = CHANNELS) -> None:
@@ -234,7 +309,8 @@ class BackplaneService(Service):
                 if not self._publisher_up or len(self._outbox) >= self._queue_limit:
                     self.counters.add("events_dropped")
                     return
-                self._outbox.append((self._redis_channel(EVENTS, event), body.encode()))
+                self._outbox.append((self._redis_channel(EVENTS, event),
+                                     pack(self.node, body.encode()), 1))
             self._outbox_ready.set()
 
     def subscribe(self, event: str, fn: EventHandler) -> None:
@@ -344,6 +420,18 @@ class BackplaneService(Service):
 
     # --- local delivery --------------------------------------------------------------
 
+    def _deliver_many(self, space: str, channels: tuple[str, ...], message: bytes) -> None:
+        receiver = self._many_receivers.get(space)
+        if receiver is None:
+            for channel in channels:
+                self._deliver(space, channel, message)
+            return
+        try:
+            receiver(channels, message)
+        except Exception:  # a failing receiver must not stop the backplane
+            self.counters.add("handler_errors")
+            self.log.exception("delivering a broadcast on %r failed", channels)
+
     def _deliver(self, space: str, channel: str, message: bytes) -> None:
         receiver = self._receivers.get(space)
         if receiver is None:
@@ -401,7 +489,7 @@ class BackplaneService(Service):
             return
         self._wanted_changed.set()
         if self._publisher_up:
-            self._outbox.append((self._node_channel(), b""))
+            self._outbox.append((self._node_channel(), b"", 0))
             self._outbox_ready.set()
 
     def _client(self) -> Any:
@@ -491,14 +579,17 @@ class BackplaneService(Service):
         wanted = self._wanted()
         new = wanted - self._subscribed
         old = self._subscribed - wanted
+        if not new and not old and self._subscribed:
+            return
+        # Counted first: synced() must not say yes between the SUBSCRIBE and its PONG.
+        # Redis answers in order: once this PING's PONG is back, the subscriptions hold.
+        self._unconfirmed += 1
         if new:
             self._pubsub.subscribe(*sorted(new))
         if old:
             self._pubsub.unsubscribe(*sorted(old))
         self._subscribed = wanted
-        # Redis answers in order: once this PING's PONG is back, the subscriptions hold.
         self._pubsub.ping()
-        self._unconfirmed += 1
 
     def _read_loop(self) -> None:
         pubsub = self._pubsub
@@ -537,14 +628,16 @@ class BackplaneService(Service):
         kind, _, name = kind_name.partition(":")
         if kind == NODE:
             return  # a wake-up of this reader
-        unpacked = unpack(data) if isinstance(data, bytes) else None
-        if unpacked is None:
+        envelope = unpack(data) if isinstance(data, bytes) else None
+        if envelope is None:
             self.counters.add("foreign")
             return
-        node, payload = unpacked
+        node, payload = envelope.node, envelope.payload
         if node == self.node:
             return  # our own broadcast coming back: local members have it already
-        if kind == EVENTS:
+        if envelope.broadcast is not None and kind not in RESERVED:
+            self._handle_many(kind, envelope)
+        elif kind == EVENTS:
             try:
                 body = json.loads(payload)
             except ValueError:
@@ -555,6 +648,21 @@ class BackplaneService(Service):
         else:
             self.counters.add("received")
             self._deliver(kind, name, payload)
+
+    def _handle_many(self, space: str, envelope: Envelope) -> None:
+        """Deliver a multi-channel broadcast once, on the first of its copies to arrive."""
+        broadcast = envelope.broadcast
+        if broadcast in self._recent_set:
+            return
+        self._recent_set.add(broadcast)
+        self._recent.append(broadcast)
+        if len(self._recent) > RECENT:
+            self._recent_set.discard(self._recent.popleft())
+        with self._lock:
+            local = tuple(c for c in envelope.channels if (space, c) in self._channels)
+        self.counters.add("received")
+        if local:
+            self._deliver_many(space, local, envelope.payload)
 
     def _close_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
@@ -605,8 +713,8 @@ class BackplaneService(Service):
                 while outbox and len(batch) < BATCH:
                     batch.append(outbox.popleft())
                 pipe = client.pipeline(transaction=False)
-                for channel, payload in batch:
-                    pipe.publish(channel, pack(self.node, payload))
+                for channel, body, _ in batch:
+                    pipe.publish(channel, body)
                 try:
                     pipe.execute()
                 except Exception:
@@ -616,14 +724,14 @@ class BackplaneService(Service):
                     raise
                 self._count(batch, "sent", None)
 
-    def _count(self, batch: list[tuple[str, bytes]], broadcasts: str,
+    def _count(self, batch: list[tuple[str, bytes, int]], broadcasts: str,
                events: str | None) -> None:
         """Add the broadcasts (and events) of *batch* to the named counters."""
         start = len(self.prefix) + 1
-        kinds = [c[start:].partition(":")[0] for c, _ in batch]
-        self.counters.add(broadcasts, sum(1 for k in kinds if k not in RESERVED))
+        kinds = [(c[start:].partition(":")[0], first) for c, _, first in batch]
+        self.counters.add(broadcasts, sum(first for k, first in kinds if k not in RESERVED))
         if events is not None:
-            self.counters.add(events, kinds.count(EVENTS))
+            self.counters.add(events, sum(first for k, first in kinds if k == EVENTS))
 
     def _drop_outbox(self) -> None:
         batch = []

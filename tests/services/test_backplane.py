@@ -9,7 +9,7 @@ import redis
 
 from lexicons.application import Application
 from lexicons.manager import ServiceManager
-from services.backplane import BackplaneService, pack, unpack
+from services.backplane import BackplaneService, Envelope, pack, unpack
 from tests.support.brokers import PrivateRedis, require_redis
 from tests.support.daemon import make_settings, wait_for
 
@@ -62,9 +62,13 @@ def unique_prefix() -> str:
 
 def test_envelope_round_trip():
     """A packed message unpacks to its node and payload; foreign bytes unpack to None."""
-    assert unpack(pack("0123456789abcdef", b"[1]")) == ("0123456789abcdef", b"[1]")
+    node = "0123456789abcdef"
+    assert unpack(pack(node, b"[1]")) == Envelope(node, b"[1]")
+    many = unpack(pack(node, b"[2]", "fedcba9876543210", ("a", "b:c")))
+    assert many == Envelope(node, b"[2]", "fedcba9876543210", ("a", "b:c"))
     assert unpack(b"hello") is None
-    assert unpack(b"\x02" + b"0" * 16 + b"x") is None
+    assert unpack(b"\x03" + b"0" * 16 + b"x") is None
+    assert unpack(b"\x02" + b"0" * 16 + b"x") is None  # a multi header cut short
 
 
 def test_memory_publish_delivers_at_once_in_the_callers_thread(nodes):
@@ -103,6 +107,19 @@ def test_spaces_keep_same_names_apart(nodes):
     for bad in ("", "e", "n", "a:b"):
         with pytest.raises(ValueError):
             node.set_receiver(other, space=bad)
+
+
+def test_publish_many_delivers_once_through_the_many_receiver(nodes):
+    """A broadcast on several channels goes to the many-receiver once, with every channel."""
+    node = nodes()
+    many = []
+    node.set_many_receiver(lambda channels, message: many.append((channels, message)))
+    node.publish_many(["a", "b", "a"], b"x")
+    node.publish_many(["a"], b"y")
+    node.publish_many([], b"z")
+    assert many == [(("a", "b"), b"x")]
+    assert node.inbox.items == [("a", b"y")]
+    assert node.info()["published"] == 2
 
 
 def test_failing_receiver_is_counted_not_raised(nodes):
@@ -266,6 +283,32 @@ def test_spaces_cross_nodes_separately(nodes):
     wait_for(lambda: rooms.items == [("k", b"to rooms")] and b.inbox.items == [
         ("k", b"to channel")], what="one delivery per space")
     assert b.info()["received"] == 2 and a.info()["sent"] == 2
+
+
+def test_publish_many_reaches_each_node_once(nodes):
+    """Across nodes a broadcast on two channels is delivered once per node that has them."""
+    url = require_redis()
+    prefix = unique_prefix()
+    a, both, only_b, none = (nodes(url, prefix) for _ in range(4))
+    got = {}
+    for name, node in (("both", both), ("only_b", only_b), ("none", none)):
+        got[name] = []
+        node.set_many_receiver(lambda channels, message, name=name: got[name].append(
+            (channels, message)))
+    both.join("a")
+    both.join("b")
+    only_b.join("b")
+    for node in (a, both, only_b, none):
+        assert node.wait_synced(10)
+    a.publish_many(["a", "b"], b"1")
+    a.publish_many(["a", "b"], b"2")
+    a.publish("b", b"3")
+    wait_for(lambda: only_b.inbox.items == [("b", b"3")], what="single-channel broadcast")
+    wait_for(lambda: both.inbox.items == [("b", b"3")], what="single-channel broadcast")
+    assert got["both"] == [(("a", "b"), b"1"), (("a", "b"), b"2")]
+    assert got["only_b"] == [(("b",), b"1"), (("b",), b"2")]
+    assert got["none"] == []
+    assert a.info()["sent"] == 3 and both.info()["received"] == 3
 
 
 def test_foreign_messages_on_a_channel_are_ignored(nodes):

@@ -139,3 +139,29 @@ def test_health_shows_the_backplane_degraded(nodes, tmp_path):
     status, body = http_request(node, "GET", "/health")
     assert status == 200 and body["healthy"] is True
     assert body["degraded"] == ["backplane"]
+
+
+def test_member_of_two_channels_gets_a_broadcast_on_both_once(nodes):
+    """A broadcast on two channels reaches a member of both once, here and on other nodes."""
+    url = require_redis()
+    prefix = "lexicons-test-" + uuid.uuid4().hex[:8]
+    a, b = start(nodes, url, prefix), start(nodes, url, prefix)
+    members = []
+    for node in (a, b):
+        client = ws_client(node, path="/")
+        client.send(json.dumps([{"Subscribe": {"channel": "news"}},
+                                {"Subscribe": {"channel": "sport"}}]))
+        assert [json.loads(client.recv(timeout=5)) for _ in range(2)] == [
+            [{"Subscribe": "news"}], [{"Subscribe": "sport"}]]
+        members.append(client)
+    for node in (a, b):
+        assert node.get_service("backplane").wait_synced(10)
+    caller = ws_client(a, path="/")
+    caller.send(json.dumps({"Both": {"n": 1}}))
+    caller.send(json.dumps({"Both": {"n": 2}}))
+    for client in members:
+        assert [json.loads(client.recv(timeout=5)) for _ in range(2)] == [
+            [{"Both": 1}], [{"Both": 2}]]
+        nothing_more(client)
+    for client in [*members, caller]:
+        client.close()

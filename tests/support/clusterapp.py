@@ -14,6 +14,19 @@ class News(Channel):
     name = "news"
 
 
+class Sport(Channel):
+    """Anyone may join."""
+
+    name = "sport"
+
+
+class Both(Signal):
+    """Broadcast *n* on news and sport at once."""
+
+    def execute(self, n: int) -> Any:
+        return Response(n, channels=["news", "sport"])
+
+
 class Shout(Signal):
     """Broadcast ``{"origin": origin, "n": n}`` on news."""
 
@@ -42,4 +55,5 @@ class Listen(Signal):
 
 def application() -> Application:
     """Return the application (fresh for each node)."""
-    return Application(name="clusterapp", channels=[News], signals=[Shout, Announce, Listen])
+    return Application(name="clusterapp", channels=[News, Sport],
+                       signals=[Shout, Both, Announce, Listen])
