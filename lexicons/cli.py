@@ -233,15 +233,26 @@ def format_status(status: dict[str, Any]) -> str:
     width = max([len(s["name"]) for s in status["services"]] + [7])
     lines.append(f"{'SERVICE':<{width}}  {'STATE':<8}  {'UPTIME':>8}  RESTARTS  NOTES")
     for svc in status["services"]:
-        notes = []
+        notes, details = [], []
         if svc["hung"]:
             notes.append("HUNG")
         if svc["last_error"] and svc["state"] != "RUNNING":
             notes.append(svc["last_error"])
-        notes.extend(f"{k}={_short(v)}" for k, v in svc["info"].items())
+        for key, value in svc["info"].items():
+            if _is_table(value):  # e.g. the scheduler's tasks: one line each, below
+                notes.append(f"{key}={len(value)}")
+                details.extend("    " + " ".join(f"{k}={_short(v)}" for k, v in item.items()
+                                                  if v is not None) for item in value)
+            else:
+                notes.append(f"{key}={_short(value)}")
         lines.append(f"{svc['name']:<{width}}  {svc['state']:<8}  "
                      f"{_duration(svc['uptime']):>8}  {svc['restarts']:>8}  {' '.join(notes)}")
+        lines.extend(details)
     return "\n".join(lines)
+
+
+def _is_table(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
 
 
 def _short(value: Any) -> str:
@@ -336,6 +347,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAIL
     except KeyboardInterrupt:
         return EXIT_FAIL
+    except BrokenPipeError:
+        # the reader went away (`lexiconsd status | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

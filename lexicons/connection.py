@@ -67,7 +67,6 @@ from .frames import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL, CLOSE_POLICY
 log = logging.getLogger("lexicons.connection")
 
 _MSG_DONTWAIT = socket.MSG_DONTWAIT
-_JOIN_LIMIT = 256 * 1024  # most bytes joined into one send
 _ids = itertools.count(1)
 
 
@@ -229,7 +228,7 @@ class Connection(Base):
         self.tls = tls
         self.lock = threading.Lock()
         self.state = State.CONNECTING
-        self.out: collections.deque[bytes] = collections.deque()
+        self.out: list[bytes] = []  # a list: an empty deque costs ~600 bytes per connection
         self.out_bytes = 0
         self.head_partial = False  # out[0] is the rest of a frame partly sent
         self.dirty = False         # waiting in the hub's dirty queue
@@ -487,6 +486,48 @@ class Connection(Base):
         return self.state is State.OPEN
 
 
+def fan_out(members: Iterable[Connection], frame: bytes, payload: bytes) -> int:
+    """Queue one broadcast for every member; return how many got it.
+
+    *frame* is the text frame of *payload*, made once; members that negotiated
+    permessage-deflate get one compressed frame, also made once. Each member's
+    flusher is woken once at the end. This is the broadcast hot path: it does
+    inline what :meth:`Connection.push` does.
+    """
+    compressed: dict[int, bytes] = {}
+    hubs: list[Hub] = []
+    last_hub = None
+    count = 0
+    size = len(frame)
+    for conn in members:
+        data = frame
+        bits = conn.deflate_bits
+        if bits:
+            data = compressed.get(bits)
+            if data is None:
+                data = compressed[bits] = frames.deflate_frame(payload, bits)
+        hub = conn.hub
+        with conn.lock:
+            if conn.state is not State.OPEN:
+                continue
+            if conn.tls is not None or bits or conn.out_bytes + size > hub.outbox_limit:
+                conn._queue_locked(data)
+            else:
+                conn.out.append(data)
+                conn.out_bytes += size
+                if not conn.dirty:
+                    conn.dirty = True
+                    hub._dirty.append(conn)
+        count += 1
+        if hub is not last_hub:
+            last_hub = hub
+            if hub not in hubs:
+                hubs.append(hub)
+    for hub in hubs:
+        hub.wake()
+    return count
+
+
 class Hub:
     """The open connections of one listener, and the flusher thread that writes for them.
 
@@ -654,33 +695,27 @@ class Hub:
             if conn.writing and not writable:
                 return  # the selector will say when the kernel has room
             out = conn.out
-            while out:
-                if len(out) == 1:
-                    data = out.popleft()
-                else:
-                    chunks = []
-                    size = 0
-                    while out and size < _JOIN_LIMIT:
-                        chunk = out.popleft()
-                        chunks.append(chunk)
-                        size += len(chunk)
-                    data = b"".join(chunks)
+            if out:
+                # one send for everything queued (bounded by the outbox limit)
+                data = out[0] if len(out) == 1 else b"".join(out)
+                out.clear()
                 try:
                     sent = conn.raw.send(data, _MSG_DONTWAIT)
                 except BlockingIOError:
                     sent = 0
                 except OSError:
+                    sent = -1
                     conn._broken_locked()
-                    break
-                conn.out_bytes -= sent
-                if sent < len(data):
-                    out.appendleft(data[sent:])
-                    conn.head_partial = True
-                    if not conn.writing:
-                        self._selector.register(conn.raw, selectors.EVENT_WRITE, conn)
-                        conn.writing = True
-                    return
-                conn.head_partial = False
+                if sent >= 0:
+                    conn.out_bytes -= sent
+                    if sent < len(data):
+                        out.append(data[sent:])
+                        conn.head_partial = conn.head_partial or sent > 0
+                        if not conn.writing:
+                            self._selector.register(conn.raw, selectors.EVENT_WRITE, conn)
+                            conn.writing = True
+                        return
+                    conn.head_partial = False
             if conn.writing:
                 self._selector.unregister(conn.raw)
                 conn.writing = False

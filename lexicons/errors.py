@@ -13,11 +13,15 @@ builtin, so callers may catch either::
      |    +-- BadTrigger                     a high-templar trigger body lacks rooms or data
      +-- CallError (ValueError)              a client's call is wrong (unknown, bad arguments)
      |    +-- NotPermitted (PermissionError) the caller may not do what it asked
+     |    +-- CallFailed                     (client side) the server answered a call with errors
+     +-- Refused (ConnectionError)           (client side) the server refused the connection
      +-- DatabaseError (ValueError)          the data layer refused an operation
      |    +-- ValidationError (TypeError)    a value does not match its field's type
      |    +-- DoesNotExist (LookupError)     no row matched
      |    +-- MultipleRowsFound (LookupError) several rows matched where one was expected
+     |    +-- IntegrityError                 a write would leave a reference pointing at nothing
      |    +-- StorageError (OSError)         a data file or journal is damaged or unwritable
+     +-- TaskError (RuntimeError)            a task is declared wrongly, or a required one failed
 """
 from __future__ import annotations
 
@@ -62,6 +66,23 @@ class NotPermitted(CallError, PermissionError):
     """The caller is not allowed to do what it asked."""
 
 
+class CallFailed(CallError):
+    """The server answered a call with errors (client side); ``errors`` lists them."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("; ".join(errors))
+        self.errors = list(errors)
+
+
+class Refused(LexiconsError, ConnectionError):
+    """The server refused the websocket connection (client side), with status and reason."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(f"{status} {reason}" if status else reason)
+        self.status = status
+        self.reason = reason
+
+
 class DatabaseError(LexiconsError, ValueError):
     """The database refused an operation."""
 
@@ -78,5 +99,13 @@ class MultipleRowsFound(DatabaseError, LookupError):
     """Several rows matched a lookup that needs exactly one."""
 
 
+class IntegrityError(DatabaseError):
+    """A write would leave a reference pointing at no row (or drop a row still referred to)."""
+
+
 class StorageError(DatabaseError, OSError):
     """A data file or the journal is damaged or cannot be written."""
+
+
+class TaskError(LexiconsError, RuntimeError):
+    """A task is declared wrongly, or a startup task the application requires failed."""

@@ -161,7 +161,7 @@ class FrameDecoder:
         if not buf and not self._parts and not self._draining:
             # fast path: exactly one small, final, masked text frame (most calls)
             n = len(data) - 6
-            if 0 < n < 126 and data[0] == 0x81 and data[1] == 0x80 | n:
+            if 0 < n < 126 and n <= self.max_size and data[0] == 0x81 and data[1] == 0x80 | n:
                 try:
                     return [TextMessage(mask(data[2:6], data[6:]).decode("utf-8"))]
                 except UnicodeDecodeError:

@@ -231,9 +231,11 @@ def _check_stack_size(value: int) -> None:
 DEFAULT_SERVICES = [
     "services.control/ControlService",
     "services.backplane/BackplaneService",
+    "services.persister/PersisterService",
     "services.rooms/RoomsService",
     "services.router/RouterService",
     "services.gate/GateService",
+    "services.scheduler/SchedulerService",
     "services.hightemplar/HighTemplarService",
     "services.amqp/AmqpService",
     "services.listener/ListenerService",
@@ -304,11 +306,20 @@ declare("CLOSE_TIMEOUT", 2.0, number(0.01),
 declare("THREAD_STACK_SIZE", 512 * 1024, integer(65536),
         "stack size in bytes of each connection's thread (only touched pages use memory)",
         section="network", check=_check_stack_size)
+declare("SWITCH_INTERVAL", 0.1, number(0),
+        "seconds a thread may hold Python's GIL while others wait (sys.setswitchinterval; "
+        "0: Python's 0.005); thousands of connection threads waking at once thrash below "
+        "~0.05", section="network")
 declare("STATIC_DIR", "", PATH, "directory of static files served over plain HTTP",
         section="network")
 
 # application
 declare("WORKERS", 8, integer(1), "signals that may run at once (the worker pool)",
+        section="application")
+declare("TASK_WORKERS", 4, integer(1), "interval tasks that may run at once (their own threads)",
+        section="application")
+declare("TASK_TIMEOUT", 5.0, number(0.01),
+        "seconds each shutdown task may run, and the stop waits for running interval tasks",
         section="application")
 
 # data

@@ -31,6 +31,7 @@ import enum
 import selectors
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -180,6 +181,7 @@ class ListenerService(Service):
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._trust: tuple[list[str], TrustList] | None = None
+        self._switch_interval: float | None = None  # Python's, restored at teardown
 
     # --- registration (other services call these in their setup) ------------------------
 
@@ -221,6 +223,11 @@ class ListenerService(Service):
         self.hub = Hub(outbox_limit=s.OUTBOX_LIMIT, max_message_size=s.MAX_MESSAGE_SIZE,
                        ping_interval=s.PING_INTERVAL, close_timeout=s.CLOSE_TIMEOUT,
                        deflate=s.PERMESSAGE_DEFLATE, stack_size=s.THREAD_STACK_SIZE)
+        if s.SWITCH_INTERVAL > 0:
+            # thousands of reader threads waking at once (a disconnect storm) each poll
+            # for the GIL every switch interval; Python's 5 ms turns that into a stall
+            self._switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(s.SWITCH_INTERVAL)
         self.hub.start()
         self.pool.start()
         self.log.info("listening on %s://%s:%d", "wss" if self.tls_context else "ws",
@@ -254,6 +261,9 @@ class ListenerService(Service):
         self.pool.stop()
         self._wake_r.close()
         self._wake_w.close()
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
+            self._switch_interval = None
 
     def info(self) -> dict[str, Any]:
         hub = self.hub

@@ -31,8 +31,8 @@ from typing import Any
 
 from lexicons import protocol
 from lexicons.channel import ChannelSet
-from lexicons.connection import Connection, State
-from lexicons.frames import deflate_frame, text_frame
+from lexicons.connection import Connection, State, fan_out
+from lexicons.frames import text_frame
 from lexicons.service import Service
 
 _EMPTY: tuple[Connection, ...] = ()
@@ -151,23 +151,4 @@ class RoomsService(Service):
             members = tuple(dict.fromkeys(c for ch in channels for c in self.members(ch)))
         if not members:
             return
-        frame = text_frame(message)
-        compressed: dict[int, bytes] = {}
-        hub = None
-        hubs = []
-        for conn in members:
-            bits = conn.deflate_bits
-            if bits:
-                data = compressed.get(bits)
-                if data is None:
-                    data = compressed[bits] = deflate_frame(message, bits)
-                conn.push(data)
-            else:
-                conn.push(frame)
-            if conn.hub is not hub:
-                hub = conn.hub
-                if hub not in hubs:
-                    hubs.append(hub)
-        self.delivered += len(members)
-        for hub in hubs:
-            hub.wake()
+        self.delivered += fan_out(members, text_frame(message), message)

@@ -176,3 +176,39 @@ def test_foreground_with_python_m(workdir):
             proc.kill()
             proc.wait()
     assert "lexiconsd stopped" in proc.stderr.read()
+
+
+def test_hup_reloads_and_usr1_reopens_log(workdir):
+    """SIGHUP applies a changed log level; the log reopens after logrotate moves it."""
+    assert lexiconsd("start", cwd=workdir).returncode == 0
+    try:
+        _, status = status_json(workdir)
+        settings = workdir / "settings.py"
+        settings.write_text(settings.read_text() + "LOG_LEVEL = 'DEBUG'\n")
+        os.kill(status["pid"], signal.SIGHUP)
+        log = workdir / "lexiconsd.log"
+        wait_for(lambda: "applied LOG_LEVEL" in log.read_text(), what="reload logged")
+        log.rename(workdir / "lexiconsd.log.1")
+        os.kill(status["pid"], signal.SIGUSR1)
+        wait_for(lambda: log.exists() and "log file reopened" in log.read_text(),
+                 what="reopened log")
+        reload = lexiconsd("reload", cwd=workdir)
+        assert reload.returncode == 0 and '"applied": []' in reload.stdout
+    finally:
+        assert lexiconsd("stop", cwd=workdir).returncode == 0
+    assert "lexiconsd stopped" in (workdir / "lexiconsd.log").read_text()
+
+
+def test_cli_loads_no_threads_before_daemonizing():
+    """Importing the CLI loads neither pandas nor numpy (their thread pools break fork)."""
+    import subprocess
+    import sys
+
+    from tests.support.daemon import ROOT
+
+    code = ("import sys, threading, lexicons.cli; "
+            "print(sorted(m for m in ('pandas', 'numpy') if m in sys.modules), "
+            "threading.active_count())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=30)
+    assert done.stdout.strip() == "[] 1", done.stderr

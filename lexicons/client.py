@@ -1,0 +1,250 @@
+"""A Python client of the native protocol, on simple-websocket's Client.
+
+::
+
+    with Client("ws://127.0.0.1:5000/", headers={"Login": {"user": "a", "password": "b"}}) as c:
+        c.subscribe("room:lobby")
+        print(c.call("Echo", data="hi"))        # waits for the answer to this call
+        for message in c:                       # broadcasts and uncorrelated replies
+            print(message)                      # e.g. [{"Chat": {...}}]
+
+Headers go on the upgrade request as ``Name: <JSON>`` (or, with
+``query=True``, as URL query parameters, as a browser would send them). A
+refused connection raises :class:`lexicons.errors.Refused` with the status
+and the server's reason. ``call`` tags the call with an id (``"#"``) and
+waits for the answer carrying it; an error answer raises
+:class:`lexicons.errors.CallFailed`. Several threads may call at once.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import queue
+import socket
+import ssl
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import simple_websocket
+from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
+
+from .errors import CallFailed, Refused
+from .protocol import ERRORS, ID
+
+_CLOSED = object()
+
+
+class _Socket(simple_websocket.Client):
+    """simple-websocket's client, with a handshake that reports the server's refusal."""
+
+    def handshake(self) -> None:
+        self.sock.send(self.ws.send(Request(host=self.host, target=self.path,
+                                            subprotocols=self.subprotocols,
+                                            extra_headers=self.extra_headeers)))
+        status = 0
+        body = b""
+        try:
+            while True:
+                data = self.sock.recv(self.receive_bytes)
+                if not data:
+                    raise Refused(status, _reason(body) or "connection closed during the "
+                                                          "handshake")
+                self.ws.receive_data(data)
+                for event in self.ws.events():
+                    if isinstance(event, AcceptConnection):
+                        self.subprotocol = event.subprotocol
+                        self.connected = True
+                        return
+                    if isinstance(event, RejectConnection):
+                        status = event.status_code
+                        if not event.has_body:
+                            raise Refused(status, "refused")
+                    elif isinstance(event, RejectData):
+                        body += event.data
+                        if event.body_finished:
+                            raise Refused(status, _reason(body) or "refused")
+        except BaseException:
+            self.sock.close()
+            raise
+
+
+def _reason(body: bytes) -> str:
+    try:
+        return str(json.loads(body).get("reason", ""))
+    except (ValueError, AttributeError):
+        return body.decode("utf-8", "replace")[:200]
+
+
+class _Slot:
+    __slots__ = ("event", "value")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.value: Any = None
+
+
+class Client:
+    """A connection to a lexicons server speaking the native protocol (see the module doc)."""
+
+    def __init__(self, url: str, headers: Mapping[str, Any] | None = None, *,
+                 query: bool = False, timeout: float = 5.0,
+                 ssl_context: ssl.SSLContext | None = None,
+                 max_message_size: int | None = None):
+        self.timeout = timeout
+        extra: list[tuple[str, str]] = []
+        if headers:
+            encoded = {name: json.dumps(value) for name, value in headers.items()}
+            if query:
+                parts = urlsplit(url)
+                q = urlencode(encoded)
+                url = urlunsplit((parts.scheme, parts.netloc, parts.path or "/",
+                                  f"{parts.query}&{q}" if parts.query else q, ""))
+            else:
+                extra = list(encoded.items())
+        self._ws = _Socket.connect(url, headers=extra, ssl_context=ssl_context,
+                                   max_message_size=max_message_size)
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._pending: dict[int, _Slot] = {}
+        self._incoming: queue.Queue[Any] = queue.Queue()
+        self._reader = threading.Thread(target=self._dispatch, name="lexicons-client",
+                                        daemon=True)
+        self._reader.start()
+
+    # --- calls ----------------------------------------------------------------------------
+
+    def call(self, signal: str, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Call *signal* and return its answer; CallFailed if the server answers errors."""
+        call_id = next(self._ids)
+        slot = _Slot()
+        with self._lock:
+            self._pending[call_id] = slot
+        try:
+            self.send_text(json.dumps({signal: kwargs, ID: call_id}))
+            if not slot.event.wait(self.timeout if timeout is None else timeout):
+                if not self.connected:
+                    raise ConnectionError(f"connection closed ({self.close_code}) "
+                                          f"before {signal} was answered")
+                raise TimeoutError(f"no answer to {signal} within "
+                                   f"{self.timeout if timeout is None else timeout:g} s")
+        finally:
+            with self._lock:
+                self._pending.pop(call_id, None)
+        if slot.value is _CLOSED:
+            raise ConnectionError(f"connection closed ({self.close_code}) before {signal} "
+                                  f"was answered")
+        answer = slot.value
+        if ERRORS in answer:
+            raise CallFailed(answer[ERRORS])
+        return answer.get(signal)
+
+    def send(self, signal: str, **kwargs: Any) -> None:
+        """Call *signal* without waiting (its answer, if any, arrives in :meth:`receive`)."""
+        self.send_text(json.dumps({signal: kwargs}))
+
+    def send_text(self, text: str) -> None:
+        """Send one raw text message."""
+        self._ws.send(text)
+
+    def subscribe(self, channel: str, timeout: float | None = None) -> None:
+        """Join *channel* (built-in Subscribe); CallFailed if not permitted."""
+        self.call("Subscribe", timeout=timeout, channel=channel)
+
+    def unsubscribe(self, channel: str, timeout: float | None = None) -> None:
+        """Leave *channel*."""
+        self.call("Unsubscribe", timeout=timeout, channel=channel)
+
+    # --- incoming -------------------------------------------------------------------------
+
+    def receive(self, timeout: float | None = None) -> Any:
+        """Return the next broadcast or uncorrelated answer (decoded JSON).
+
+        Raises TimeoutError when none comes in time, ConnectionError once closed
+        and drained.
+        """
+        try:
+            message = self._incoming.get(timeout=self.timeout if timeout is None else timeout)
+        except queue.Empty:
+            raise TimeoutError("no message") from None
+        if message is _CLOSED:
+            self._incoming.put(_CLOSED)  # later calls see the end too
+            raise ConnectionError(f"connection closed ({self.close_code})")
+        return message
+
+    def __iter__(self) -> Iterator[Any]:
+        """Yield incoming messages until the connection closes."""
+        while True:
+            try:
+                yield self.receive(timeout=3600)
+            except ConnectionError:
+                return
+
+    def _dispatch(self) -> None:
+        while True:
+            try:
+                data = self._ws.receive()
+            except simple_websocket.ConnectionClosed:
+                break
+            if data is None:
+                break
+            try:
+                message = json.loads(data)
+            except (TypeError, ValueError):
+                self._incoming.put(data)
+                continue
+            if (isinstance(message, list) and len(message) == 1
+                    and isinstance(message[0], dict) and ID in message[0]):
+                with self._lock:
+                    slot = self._pending.get(message[0][ID])
+                if slot is not None:
+                    slot.value = message[0]
+                    slot.event.set()
+                    continue
+            self._incoming.put(message)
+        self._incoming.put(_CLOSED)
+        with self._lock:
+            for slot in self._pending.values():
+                slot.value = _CLOSED
+                slot.event.set()
+
+    # --- closing --------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Tell whether the connection is open."""
+        return bool(self._ws.connected)
+
+    @property
+    def close_code(self) -> int | None:
+        """Return the close code the server sent (None while open)."""
+        return None if self._ws.connected else int(self._ws.close_reason)
+
+    @property
+    def close_reason(self) -> str:
+        """Return the reason the server gave when closing."""
+        return self._ws.close_message or ""
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the connection (idempotent) and wait for the reader threads to end."""
+        ws = self._ws
+        if ws.connected:
+            try:  # send the close frame; the server answers and closes the socket
+                simple_websocket.ws.Base.close(ws, code, reason or None)
+            except (simple_websocket.ConnectionClosed, OSError):
+                pass
+        ws.thread.join(self.timeout)
+        try:
+            ws.sock.shutdown(socket.SHUT_RDWR)  # wakes a reader still blocked in recv
+        except OSError:
+            pass
+        ws.sock.close()
+        ws.thread.join(self.timeout)
+        self._reader.join(self.timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

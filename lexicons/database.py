@@ -1,0 +1,1194 @@
+"""The in-memory database: one table per Model, column buffers, vectorised scans.
+
+Theory of operation
+-------------------
+A :class:`Table` keeps each field as a Python list (a *column buffer*) plus a
+``pk -> position`` dict, so ``create`` is a handful of list appends and
+``get(pk)`` is one dict lookup. A dropped row leaves a tombstone (its byte in
+``live`` turns 0); tombstones are compacted away, in place, once they outnumber
+the live rows.
+
+Scans never walk the lists: a column is *materialised* once as a read-only
+numpy array, cached until the column changes. Appends only extend a cached
+array (its head is still right); an update or a drop replaces only what it
+touched. Filters are numpy expressions over those arrays; ``db.<Model>`` is a
+pandas DataFrame built from them (cached until the next write; each reader gets
+a copy-on-write view, so it can never change the database).
+
+One lock serialises every write and every read of the buffers, so a reader
+never sees half a write. Values are checked before the lock is taken; the
+part under the lock is short (appends, index updates, the journal hand-off).
+Stored values are never changed in place: an update stores a new object. So a
+materialised array, a query result or a journal record may hold a stored
+container without copying it; anything handed to a caller is a copy.
+
+Durability is pluggable: with a journal attached, every write hands it a small
+record (``('c', table, values)``, ``('u', table, pk, fields)``, ``('d', table,
+pk)``) while the lock is held, so the journal's order is the order of the
+writes; :meth:`Database.commit` waits until the calling thread's writes are
+durable per the journal's policy.
+
+What the calls return
+---------------------
+``create``, ``get``, ``update`` and ``get_or_create`` return Model instances
+(detached copies). ``query`` returns :class:`Rows`: a sequence of instances,
+made only when read, holding a consistent copy of the matching rows; it also
+gives ``.pks``, ``.to_dicts()`` (JSON-ready) and ``.frame()`` (a DataFrame)
+without making instances at all.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import operator
+import re
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import DatabaseError, DoesNotExist, IntegrityError, MultipleRowsFound, ValidationError
+from .model import INT_MAX, INT_MIN, MISSING, Field, Model, Schema, check_pk, clone, new_pk, to_json
+
+#: The filter operators, as in ``query(User, age__gt=30)``.
+OPS = frozenset({"eq", "ne", "gt", "lt", "ge", "le", "in", "nin", "contains", "icontains",
+                 "startswith", "endswith", "regex", "min", "max"})
+_ORDER = {"gt": operator.gt, "lt": operator.lt, "ge": operator.ge, "le": operator.le,
+          "min": operator.ge, "max": operator.le}
+#: Tombstones are compacted away when there are more of them than this and than live rows.
+COMPACT_MIN = 4096
+#: Tables with fewer rows than this are scanned, not indexed, for equality filters.
+INDEX_MIN = 2048
+#: Aggregates accepted by :meth:`Database.aggregate`.
+AGGREGATES = ("count", "sum", "mean", "min", "max", "median", "std")
+
+_PK_FIELD_KIND = "str"
+_SCALAR_DTYPES = {"int": np.int64, "float": np.float64, "bool": np.bool_}
+
+
+def _pk_field(model: str) -> Field:
+    field = Field(model, "pk", "str")
+    return field
+
+
+# --- tables ---------------------------------------------------------------------------
+
+
+class Table:
+    """The rows of one Model: column buffers, the pk index and the caches.
+
+    Methods whose name starts with ``_`` and that touch buffers need the
+    database lock held by the caller; the generated ``create``/``get_pk``
+    take it themselves.
+    """
+
+    def __init__(self, db: Database, schema: Schema):
+        self.db = db
+        self.schema = schema
+        self.model = schema.model
+        self.name = schema.name
+        self.fields = schema.fields
+        self.pks: list[str] = []
+        self.cols: dict[str, list] = {name: [] for name in schema.names}
+        self.live = bytearray()
+        self.index: dict[str, int] = {}
+        self.dead = 0
+        self.version = 0          # bumped by every write: dirty tracking for snapshots
+        self.saved_version = 0    # the version last written to disk
+        self.colmut = dict.fromkeys(("pk",) + schema.names, 0)
+        self.livemut = 0
+        self.pk_field = _pk_field(self.name)
+        self._arrays: dict[str, tuple[np.ndarray, int, int]] = {}
+        self._livecache: tuple[int, int, np.ndarray | None] | None = None
+        self._joined: dict[str, tuple[int, int, str, np.ndarray] | None] = {}
+        self._frame: tuple[int, pd.DataFrame] | None = None
+        # Equality indexes, built on the first equality filter of a column of a large
+        # table: value -> position, or list of positions. Entries may be stale (a
+        # position whose value changed or that died); look-ups check each position.
+        self.eqidx: dict[str, dict[Any, Any]] = {}
+        self._eqstale: dict[str, int] = {}
+        self.create: Any = None
+        self.get_pk: Any = None
+        self.make_rows: Any = None
+
+    def __len__(self) -> int:
+        return len(self.pks) - self.dead
+
+    def field(self, name: str) -> Field:
+        """Return the field named *name* (``pk`` included) or raise DatabaseError."""
+        if name == "pk":
+            return self.pk_field
+        field = self.fields.get(name)
+        if field is None:
+            raise DatabaseError(f"{self.name} has no field {name!r}")
+        return field
+
+    # --- generated hot paths -------------------------------------------------------
+
+    def compile(self) -> None:
+        """Generate ``create`` and ``get_pk`` for this model's fields."""
+        names = self.schema.names
+        env: dict[str, Any] = {
+            "LOCK": self.db.lock, "INDEX": self.index, "PKS": self.pks, "T": self,
+            "DB": self.db, "TL": self.db._local, "NAME": self.name, "CLS": self.model,
+            "NEW": object.__new__, "NEW_PK": new_pk, "CHECK_PK": check_pk,
+            "MISSING": MISSING, "CLONE": clone, "PKS_APPEND": self.pks.append,
+            "LIVE_APPEND": self.live.append, "INT_MIN": INT_MIN, "INT_MAX": INT_MAX,
+            "SETTERS": frozenset(self.schema.setters), "SLOW": self._create_slow,
+            "UNKNOWN": self._unknown, "DUP": self._duplicate, "DANGLING": self._dangling,
+        }
+        lines = ["def create(kw):"]
+        if self.schema.setters:
+            lines.append("    if not SETTERS.isdisjoint(kw): return SLOW(kw)")
+        lines += ["    pk = kw.pop('pk', None)",
+                  "    if pk is not None and (pk.__class__ is not str or not pk):",
+                  "        pk = CHECK_PK(NAME, pk)"]
+        checks: list[str] = []
+        for i, name in enumerate(names):
+            field = self.fields[name]
+            env[f"F{i}"] = field
+            env[f"C{i}"] = field.check
+            env[f"D{i}"] = field.default
+            env[f"A{i}"] = self.cols[name].append
+            env[f"L{i}"] = self.cols[name]
+            if field.kind in ("list", "set", "dict"):
+                lines.append(f"    v{i} = kw.pop({name!r}, MISSING)")
+                lines.append(f"    v{i} = F{i}.fresh_default() if v{i} is MISSING else C{i}(v{i})")
+                continue
+            lines.append(f"    v{i} = kw.pop({name!r}, D{i})")
+            test = _fast_test(field, f"v{i}")
+            lines.append(f"    if {test}: v{i} = C{i}(v{i})")
+            if field.kind == "ref":
+                env[f"R{i}"] = self.db._tables[field.ref.__name__].index
+                checks.append(f"        if v{i} is not None and v{i} not in R{i}: "
+                              f"DANGLING(F{i}, v{i})")
+        values = "".join(f", v{i}" for i in range(len(names)))
+        lines += ["    if kw: UNKNOWN(kw)",
+                  "    with LOCK:",
+                  "        if pk is None:",
+                  "            pk = NEW_PK()",
+                  "            while pk in INDEX: pk = NEW_PK()",
+                  "        elif pk in INDEX: DUP(pk)"]
+        lines += checks
+        lines += ["        INDEX[pk] = len(PKS)",
+                  "        PKS_APPEND(pk)"]
+        lines += [f"        A{i}(v{i})" for i in range(len(names))]
+        env["EQ"] = self.eqidx
+        env["INDEX_ROW"] = self._index_row
+        lines += ["        LIVE_APPEND(1)",
+                  "        if EQ: INDEX_ROW(INDEX[pk])",
+                  "        T.version += 1",
+                  "        J = DB.journal",
+                  f"        if J is not None: TL.seq = J.append(('c', NAME, (pk{values},)))",
+                  "    o = NEW(CLS)",
+                  "    o.__dict__.update(" + _dict_literal(self.schema, "v{i}") + ")",
+                  "    return o",
+                  "",
+                  "def get_pk(pk):",
+                  "    with LOCK:",
+                  "        pos = INDEX.get(pk)",
+                  "        if pos is None: return None",
+                  "        d = " + _dict_literal(self.schema, "L{i}[pos]", clone=False),
+                  ]
+        for name in names:
+            if self.fields[name].kind in ("list", "set", "dict"):
+                lines.append(f"    d[{name!r}] = CLONE(d[{name!r}])")
+        lines += ["    o = NEW(CLS)",
+                  "    o.__dict__.update(d)",
+                  "    return o"]
+        args = "".join(f", v{i}" for i in range(len(names)))
+        lines += ["",
+                  f"def make_rows(pks{args}):",
+                  "    out = []",
+                  "    put = out.append",
+                  f"    for pk{args}, in zip(pks{args}):",   # the comma: models without fields
+                  "        o = NEW(CLS)",
+                  "        o.__dict__.update(" + _dict_literal(self.schema, "v{i}") + ")",
+                  "        put(o)",
+                  "    return out"]
+        code = "\n".join(lines) + "\n"
+        exec(compile(code, f"<lexicons table {self.name}>", "exec"), env)  # noqa: S102
+        self.create = env["create"]
+        self.get_pk = env["get_pk"]
+        self.make_rows = env["make_rows"]
+
+    def _create_slow(self, kw: dict[str, Any]) -> Model:
+        """Create a row through the model's constructor (it has computed fields)."""
+        instance = self.model(**kw)
+        values = {name: instance.__dict__[name] for name in self.schema.names}
+        values["pk"] = instance.__dict__["pk"]
+        given = "pk" in kw
+        with self.db.lock:
+            pk = values["pk"]
+            if pk in self.index:
+                if given:
+                    self._duplicate(pk)
+                while pk in self.index:
+                    pk = new_pk()
+                values["pk"] = instance.__dict__["pk"] = pk
+            self._check_refs(values)
+            row = tuple(values[n] for n in self.schema.names)
+            self._insert(pk, row)
+            self.db._journal(("c", self.name, (pk,) + row))
+        return instance
+
+    def _unknown(self, kw: dict[str, Any]) -> None:
+        name = next(iter(kw))
+        raise ValidationError(f"{self.name} has no field {name!r}")
+
+    def _duplicate(self, pk: str) -> None:
+        raise ValidationError(f"{self.name}: a row with pk {pk!r} exists")
+
+    def _dangling(self, field: Field, pk: str) -> None:
+        raise IntegrityError(f"{field.where}: no {field.ref.__name__} with pk {pk!r}")
+
+    def _check_refs(self, values: dict[str, Any]) -> None:
+        """Refuse references to rows that do not exist (lock held)."""
+        for name, field in self.schema.refs.items():
+            pk = values.get(name)
+            if pk is not None and pk not in self.db._tables[field.ref.__name__].index:
+                self._dangling(field, pk)
+
+    # --- raw writes (lock held; no checks, no journal) ------------------------------
+
+    def _insert(self, pk: str, values: tuple) -> None:
+        self.index[pk] = len(self.pks)
+        self.pks.append(pk)
+        for column, value in zip(self.cols.values(), values, strict=False):
+            column.append(value)
+        self.live.append(1)
+        self.version += 1
+        if self.eqidx:
+            self._index_row(len(self.pks) - 1)
+
+    def _set(self, pos: int, changes: dict[str, Any]) -> None:
+        cols, colmut = self.cols, self.colmut
+        for name, value in changes.items():
+            cols[name][pos] = value
+            colmut[name] += 1
+            index = self.eqidx.get(name)
+            if index is not None:
+                _index_add(index, value, pos)
+                self._eqstale[name] += 1
+                if self._eqstale[name] > len(self.pks):   # mostly stale: build it again
+                    del self.eqidx[name]
+        self.version += 1
+
+    def _index_row(self, pos: int) -> None:
+        """Add the row at *pos* to every equality index (lock held)."""
+        for name, index in self.eqidx.items():
+            _index_add(index, self.cols[name][pos], pos)
+
+    def _index_lookup(self, name: str, value: Any) -> list[int] | None:
+        """Return the live positions whose *name* equals *value*, ascending, by the
+        column's equality index (built here when worth it); None when there is none."""
+        index = self.eqidx.get(name)
+        if index is None:
+            field = self.fields[name]
+            if len(self.pks) < INDEX_MIN or field.kind not in ("str", "int", "ref"):
+                return None
+            index = {}
+            for pos, v in enumerate(self.cols[name]):
+                _index_add(index, v, pos)
+            self.eqidx[name] = index
+            self._eqstale[name] = 0
+        entry = index.get(value)
+        if entry is None:
+            return []
+        if entry.__class__ is int:
+            entry = [entry]
+        elif len(entry) * 8 > len(self.pks):   # a common value: a vectorised scan is cheaper
+            return None
+        column, live = self.cols[name], self.live
+        if self._eqstale[name] == 0 and not self.dead:
+            return entry if entry == sorted(entry) else sorted(entry)
+        return sorted({p for p in entry if live[p] and column[p] == value})
+
+    def _kill(self, pos: int) -> None:
+        pk = self.pks[pos]
+        del self.index[pk]
+        self.live[pos] = 0
+        self.dead += 1
+        self.livemut += 1
+        self.version += 1
+        if self.dead > COMPACT_MIN and self.dead * 2 > len(self.pks):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Remove tombstones in place (the lists keep their identity: compiled code holds them)."""
+        live = self.live
+        self.pks[:] = itertools.compress(self.pks, live)
+        for column in self.cols.values():
+            column[:] = itertools.compress(column, live)
+        self.index.clear()
+        self.index.update(zip(self.pks, range(len(self.pks)), strict=False))
+        self.live[:] = b"\x01" * len(self.pks)
+        self.dead = 0
+        for name in self.colmut:
+            self.colmut[name] += 1
+        self.livemut += 1
+        self._arrays.clear()
+        self._joined.clear()
+        self.eqidx.clear()
+
+    def _clear(self) -> None:
+        self.pks.clear()
+        for column in self.cols.values():
+            column.clear()
+        self.index.clear()
+        self.live.clear()
+        self.dead = 0
+        for name in self.colmut:
+            self.colmut[name] += 1
+        self.livemut += 1
+        self._arrays.clear()
+        self._joined.clear()
+        self.eqidx.clear()
+        self.version += 1
+
+    def _load(self, pks: list[str], cols: dict[str, list]) -> None:
+        """Replace every row with loaded columns (trusted, checked by the loader)."""
+        self._clear()
+        self.pks.extend(pks)
+        for name, column in self.cols.items():
+            column.extend(cols[name])
+        self.index.update(zip(pks, range(len(pks)), strict=False))
+        self.live.extend(b"\x01" * len(pks))
+        self.version += 1
+
+    # --- reads (lock held) ------------------------------------------------------------
+
+    def _array(self, name: str) -> np.ndarray:
+        """Return column *name* (or ``pk``) as a read-only array over every slot."""
+        source = self.pks if name == "pk" else self.cols[name]
+        n = len(source)
+        mut = self.colmut[name]
+        cached = self._arrays.get(name)
+        if cached is not None and cached[2] == mut:
+            if cached[1] == n:
+                return cached[0]
+            tail = _to_array(self.field(name), source[cached[1]:n])
+            array = np.concatenate((cached[0], tail))
+        else:
+            array = _to_array(self.field(name), source)
+        array.flags.writeable = False
+        self._arrays[name] = (array, n, mut)
+        return array
+
+    def _live_positions(self) -> np.ndarray | None:
+        """Return the positions of live rows, or None when no row is dead."""
+        if not self.dead:
+            return None
+        n = len(self.pks)
+        cached = self._livecache
+        if cached is not None and cached[0] == n and cached[1] == self.livemut:
+            return cached[2]
+        positions = np.flatnonzero(np.frombuffer(bytes(self.live), dtype=np.uint8))
+        self._livecache = (n, self.livemut, positions)
+        return positions
+
+    def _all_positions(self) -> np.ndarray:
+        live = self._live_positions()
+        return np.arange(len(self.pks)) if live is None else live
+
+    def _joined_column(self, name: str) -> tuple[str, np.ndarray] | None:
+        """Return a str column joined by NUL with the start offset of each slot (cached)."""
+        column = self.pks if name == "pk" else self.cols[name]
+        n, mut = len(column), self.colmut[name]
+        cached = self._joined.get(name)
+        if cached is not None and cached[0] == n and cached[1] == mut:
+            return cached[2], cached[3]
+        if any(v is None for v in column):
+            return None
+        text = "\x00".join(column)
+        if text.count("\x00") != max(n - 1, 0):
+            self._joined[name] = None
+            return None
+        lengths = np.fromiter(map(len, column), dtype=np.int64, count=n) + 1
+        starts = np.zeros(n, dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        self._joined[name] = (n, mut, text, starts)
+        return text, starts
+
+    def _rows_at(self, positions: Sequence[int]) -> tuple[list[str], dict[str, list]]:
+        """Copy the rows at *positions* out of the buffers."""
+        if isinstance(positions, np.ndarray):
+            positions = positions.tolist()
+        getters = [self.pks.__getitem__] + [c.__getitem__ for c in self.cols.values()]
+        pks = list(map(getters[0], positions))
+        cols = {name: list(map(g, positions))
+                for name, g in zip(self.cols, getters[1:], strict=True)}
+        return pks, cols
+
+    def _live_rows(self) -> tuple[list[str], dict[str, list]]:
+        """Copy every live row out of the buffers (for snapshots and frames)."""
+        if not self.dead:
+            return self.pks[:], {name: c[:] for name, c in self.cols.items()}
+        live = self.live
+        return (list(itertools.compress(self.pks, live)),
+                {name: list(itertools.compress(c, live)) for name, c in self.cols.items()})
+
+    def _instance(self, pk: str, row: dict[str, Any]) -> Model:
+        instance = object.__new__(self.model)
+        d = instance.__dict__
+        d["pk"] = pk
+        for name, value in row.items():
+            d[name] = clone(value) if value.__class__ in (list, set, dict) else value
+        return instance
+
+
+def _fast_test(field: Field, var: str) -> str:
+    """Return a Python expression true when *var* needs the full check of *field*."""
+    kind = field.kind
+    if kind == "int":
+        test = f"({var}.__class__ is not int or not INT_MIN <= {var} <= INT_MAX)"
+    elif kind == "ref":
+        test = f"{var}.__class__ is not str"
+    else:
+        test = f"{var}.__class__ is not {kind}"
+    if field.nullable:
+        test = f"{var} is not None and {test}"
+    return test
+
+
+def _dict_literal(schema: Schema, template: str, clone: bool = True) -> str:
+    parts = ["'pk': pk"]
+    for i, name in enumerate(schema.names):
+        value = template.format(i=i)
+        if clone and schema.fields[name].kind in ("list", "set", "dict"):
+            value = f"CLONE({value})"
+        parts.append(f"{name!r}: {value}")
+    return "{" + ", ".join(parts) + "}"
+
+
+def _to_array(field: Field, values: list) -> np.ndarray:
+    dtype = None if field.nullable else _SCALAR_DTYPES.get(field.kind)
+    if dtype is not None:
+        return np.fromiter(values, dtype=dtype, count=len(values))
+    return np.fromiter(values, dtype=object, count=len(values))
+
+
+# --- query results ----------------------------------------------------------------------
+
+
+class Rows(Sequence):
+    """The rows a query matched: a consistent copy, read as Model instances on demand."""
+
+    __slots__ = ("_table", "pks", "_cols")
+
+    def __init__(self, table: Table, pks: list[str], cols: dict[str, list]):
+        self._table = table
+        self.pks = pks
+        self._cols = cols
+
+    def __len__(self) -> int:
+        return len(self.pks)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return Rows(self._table, self.pks[index],
+                        {name: c[index] for name, c in self._cols.items()})
+        pk = self.pks[index]
+        return self._table._instance(pk, {name: c[index] for name, c in self._cols.items()})
+
+    def __iter__(self) -> Iterator[Model]:
+        return iter(self._table.make_rows(self.pks, *self._cols.values()))
+
+    def __repr__(self) -> str:
+        return f"<Rows {self._table.name}: {len(self.pks)} rows>"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Rows):
+            return self.pks == other.pks and self._cols == other._cols
+        if isinstance(other, (list, tuple)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    def first(self) -> Model | None:
+        """Return the first row, or None when there is none."""
+        return self[0] if self.pks else None
+
+    def column(self, name: str) -> list:
+        """Return the values of one field (or ``pk``), copies for containers."""
+        if name == "pk":
+            return list(self.pks)
+        self._table.field(name)
+        return [clone(v) for v in self._cols[name]]
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """Return the rows as JSON-ready dicts (sets as sorted lists), without instances."""
+        names = list(self._cols)
+        columns = [self.pks] + [
+            [to_json(clone(v)) for v in c] if self._table.fields[n].kind in ("list", "set", "dict")
+            else c for n, c in self._cols.items()]
+        keys = ["pk"] + names
+        return [dict(zip(keys, row, strict=False)) for row in zip(*columns, strict=False)]
+
+    def frame(self) -> pd.DataFrame:
+        """Return the rows as a new pandas DataFrame (``pk`` first)."""
+        data = {"pk": _frame_column(self.pks)}
+        for name, column in self._cols.items():
+            field = self._table.fields[name]
+            if field.kind in ("list", "set", "dict"):
+                column = [clone(v) for v in column]
+            data[name] = _frame_column(column, field)
+        return pd.DataFrame(data)
+
+
+def _frame_column(values: list, field: Field | None = None) -> Any:
+    if field is not None and not field.nullable and field.kind in _SCALAR_DTYPES:
+        return np.fromiter(values, dtype=_SCALAR_DTYPES[field.kind], count=len(values))
+    return np.fromiter(values, dtype=object, count=len(values))
+
+
+# --- the database -----------------------------------------------------------------------
+
+
+class _Filter:
+    """One parsed filter: a field of a table, an operator and the checked value."""
+
+    __slots__ = ("key", "field", "op", "value")
+
+    def __init__(self, key: str, field: Field, op: str, value: Any):
+        self.key, self.field, self.op, self.value = key, field, op, value
+
+
+class Database:
+    """The tables of an application, in memory (see the module docstring).
+
+    *models* are Model classes. *journal*, when given, receives every write
+    (see :mod:`lexicons.journal`); it may also be attached later by setting
+    :attr:`journal`.
+    """
+
+    def __init__(self, models: Iterable[type[Model]] = (), *, journal: Any = None):
+        self.lock = threading.Lock()
+        self.journal = journal
+        self._local = threading.local()
+        self._tables: dict[Any, Table] = {}
+        self._referrers: dict[str, list[tuple[Table, str]]] = {}
+        models = list(models)
+        for model in models:
+            if not (isinstance(model, type) and issubclass(model, Model)):
+                raise DatabaseError(f"not a Model class: {model!r}")
+            if model.__name__ in self._tables:
+                raise DatabaseError(f"two models are named {model.__name__}")
+            table = Table(self, model._schema())
+            self._tables[model] = self._tables[model.__name__] = table
+        for table in self.tables():
+            for name, field in table.schema.refs.items():
+                target = field.ref.__name__
+                if target not in self._tables:
+                    raise DatabaseError(f"{field.where} refers to {target}, which is not "
+                                        "one of the database's models")
+                self._referrers.setdefault(target, []).append((table, name))
+        for table in self.tables():
+            table.compile()
+
+    # --- tables -----------------------------------------------------------------------
+
+    def tables(self) -> list[Table]:
+        """Return the tables, in the order of the models."""
+        seen: dict[int, Table] = {}
+        for table in self._tables.values():
+            seen.setdefault(id(table), table)
+        return list(seen.values())
+
+    def table(self, model: Any) -> Table:
+        """Return the table of *model* (a Model class, instance or name)."""
+        try:
+            return self._tables[model]
+        except (KeyError, TypeError):
+            pass
+        if isinstance(model, Model):
+            return self.table(type(model))
+        name = model.__name__ if isinstance(model, type) else model
+        if isinstance(name, str) and name in self._tables:
+            if isinstance(model, type):
+                raise DatabaseError(f"{name} is not the model this database was built with")
+            return self._tables[name]
+        raise DatabaseError(f"unknown model {name!r}")
+
+    def __getattr__(self, name: str) -> pd.DataFrame:
+        tables = self.__dict__.get("_tables")
+        if tables is not None and name in tables and not name.startswith("_"):
+            return self.frame(name)
+        raise AttributeError(f"{type(self).__name__} has no attribute or model {name!r}")
+
+    # --- writes -------------------------------------------------------------------------
+
+    def create(self, model: Any, **fields: Any) -> Model:
+        """Insert a row and return it; ``pk`` may be given, else one is made up."""
+        try:
+            table = self._tables[model]
+        except (KeyError, TypeError):
+            table = self.table(model)
+        return table.create(fields)
+
+    def update(self, model: Any, row: Any, **fields: Any) -> Model:
+        """Change fields of the row *row* (a pk or an instance) and return the row.
+
+        With an instance and no fields, the instance's field values are written.
+        Raises DoesNotExist when there is no such row.
+        """
+        table = self.table(model)
+        pk = self._pk_of(table, row)
+        if "pk" in fields:
+            raise ValidationError(f"{table.name}.pk cannot be changed")
+        if not fields and isinstance(row, Model):
+            fields = {n: row.__dict__[n] for n in table.schema.names if n in row.__dict__}
+        setters = table.schema.setters
+        computed = {n: fields.pop(n) for n in list(fields) if n in setters}
+        changes = {}
+        for name, value in fields.items():
+            field = table.fields.get(name)
+            if field is None:
+                raise ValidationError(f"{table.name} has no field {name!r}")
+            changes[name] = field.check(value)
+        if computed:
+            current = self.get(table.model, pk)
+            if current is None:
+                raise DoesNotExist(f"no {table.name} with pk {pk!r}")
+            current.__dict__.update(changes)
+            for name, value in computed.items():
+                setattr(current, name, value)
+            changes = {n: current.__dict__[n] for n in table.schema.names}
+        with self.lock:
+            pos = table.index.get(pk)
+            if pos is None:
+                raise DoesNotExist(f"no {table.name} with pk {pk!r}")
+            table._check_refs(changes)
+            if changes:
+                table._set(pos, changes)
+                self._journal(("u", table.name, pk, changes))
+            row_values = {name: column[pos] for name, column in table.cols.items()}
+        return table._instance(pk, row_values)
+
+    def drop(self, model: Any, row: Any, cascade: bool = False) -> int:
+        """Delete the row *row* (a pk or an instance); return how many rows went.
+
+        Rows that refer to it are deleted too with ``cascade=True``; without it
+        the drop is refused (IntegrityError) while any row refers to it, so no
+        reference ever points at nothing. Raises DoesNotExist when there is no
+        such row.
+        """
+        table = self.table(model)
+        pk = self._pk_of(table, row)
+        with self.lock:
+            if pk not in table.index:
+                raise DoesNotExist(f"no {table.name} with pk {pk!r}")
+            doomed = self._doomed(table, pk, cascade)
+            for victim, pks in doomed.items():
+                for victim_pk in pks:
+                    victim._kill(victim.index[victim_pk])
+                    self._journal(("d", victim.name, victim_pk))
+            return sum(len(pks) for pks in doomed.values())
+
+    def _doomed(self, table: Table, pk: str, cascade: bool) -> dict[Table, list[str]]:
+        """Return every row a drop takes with it, or raise IntegrityError (lock held)."""
+        doomed: dict[Table, dict[str, None]] = {table: {pk: None}}
+        queue = [(table, [pk])]
+        while queue:
+            target, pks = queue.pop()
+            for source, name in self._referrers.get(target.name, ()):
+                array = source._array(name)
+                hits = np.flatnonzero(_isin_object(array, set(pks)))
+                hits = [p for p in hits.tolist() if source.live[p]]
+                already = doomed.setdefault(source, {})
+                new = [source.pks[p] for p in hits if source.pks[p] not in already]
+                if not new:
+                    continue
+                if not cascade:
+                    raise IntegrityError(
+                        f"cannot drop {table.name} {pk!r}: {len(new)} {source.name} row(s) "
+                        f"refer to it through {source.name}.{name} (drop them first, or "
+                        "pass cascade=True)")
+                already.update(dict.fromkeys(new))
+                queue.append((source, new))
+        return {t: list(pks) for t, pks in doomed.items() if pks}
+
+    def get_or_create(self, model: Any, defaults: dict[str, Any] | None = None,
+                      **fields: Any) -> tuple[Model, bool]:
+        """Return ``(row, False)`` for the one row matching *fields*, else create it.
+
+        The new row gets *fields* plus *defaults*; the look-up and the insert are
+        one step, so two threads never both create it.
+        """
+        table = self.table(model)
+        values = dict(fields)
+        values.update(defaults or {})
+        while True:
+            found = self.get(table.model, **fields)
+            if found is not None:
+                return found, False
+            with self.lock:
+                version = table.version
+            candidate = table.model(**values)
+            with self.lock:
+                if table.version != version and len(self._select(table, fields)):
+                    continue   # someone created it meanwhile: fetch theirs
+                pk = candidate.__dict__["pk"]
+                if pk in table.index:
+                    if "pk" in values:
+                        table._duplicate(pk)
+                    pk = candidate.__dict__["pk"] = new_pk()
+                row = {n: candidate.__dict__[n] for n in table.schema.names}
+                table._check_refs(row)
+                table._insert(pk, tuple(row.values()))
+                self._journal(("c", table.name, (pk,) + tuple(row.values())))
+            return table._instance(pk, row), True
+
+    def _journal(self, record: tuple) -> None:
+        journal = self.journal
+        if journal is not None:
+            self._local.seq = journal.append(record)
+
+    def commit(self) -> None:
+        """Wait until every write this thread made is durable (no-op without a journal)."""
+        journal = self.journal
+        if journal is not None:
+            seq = getattr(self._local, "seq", 0)
+            if seq:
+                journal.wait(seq)
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def get(self, model: Any, pk: Any = None, **fields: Any) -> Model | None:
+        """Return the row with this pk, or the one row matching *fields*; None if none.
+
+        Raises MultipleRowsFound when several rows match *fields*.
+        """
+        try:
+            table = self._tables[model]
+        except (KeyError, TypeError):
+            table = self.table(model)
+        if not fields:
+            if pk.__class__ is not str:
+                pk = self._pk_of(table, pk)
+            return table.get_pk(pk)
+        if pk is not None:
+            fields["pk"] = self._pk_of(table, pk)
+        rows = self.query(table.model, _limit=2, **fields)
+        if len(rows) > 1:
+            shown = ", ".join(f"{k}={v!r}" for k, v in fields.items())
+            raise MultipleRowsFound(f"{table.name}: several rows match {shown}")
+        return rows[0] if rows else None
+
+    def query(self, model: Any, **filters: Any) -> Rows:
+        """Return the rows matching every filter (see :meth:`_parse`), as :class:`Rows`.
+
+        ``_sort='field'`` or ``'-field'`` (or a list of them) orders the rows,
+        ``_limit=n`` and ``_offset=n`` cut them; without ``_sort`` rows come in
+        insertion order.
+        """
+        table = self.table(model)
+        sort = filters.pop("_sort", None)
+        limit = filters.pop("_limit", None)
+        offset = filters.pop("_offset", 0)
+        for name, value in (("_limit", limit), ("_offset", offset)):
+            if value is not None and (value.__class__ is not int or value < 0):
+                raise ValidationError(f"{name}: expected an int >= 0, got {value!r}")
+        with self.lock:
+            positions = self._select(table, filters)
+            if sort is not None:
+                positions = self._sort(table, positions, sort)
+            if offset or limit is not None:
+                end = None if limit is None else offset + limit
+                positions = positions[offset:end]
+            pks, cols = table._rows_at(positions)
+        return Rows(table, pks, cols)
+
+    def count(self, model: Any, **filters: Any) -> int:
+        """Return how many rows match the filters."""
+        table = self.table(model)
+        with self.lock:
+            if not filters:
+                return len(table)
+            return len(self._select(table, filters))
+
+    def aggregate(self, model: Any, field: str, how: str = "sum", **filters: Any) -> Any:
+        """Return ``count``, ``sum``, ``mean``, ``min``, ``max``, ``median`` or ``std`` of a
+        numeric field over the rows matching the filters (None when no row matches)."""
+        table = self.table(model)
+        if how not in AGGREGATES:
+            raise DatabaseError(f"unknown aggregate {how!r} (use {', '.join(AGGREGATES)})")
+        spec = table.field(field)
+        if spec.kind not in ("int", "float", "bool") or spec.nullable:
+            raise DatabaseError(f"{spec.where}: cannot aggregate a {spec.describe()} field")
+        with self.lock:
+            positions = self._select(table, filters) if filters else None
+            array = table._array(field)
+            if positions is None:
+                live = table._live_positions()
+                values = array if live is None else array[live]
+            else:
+                values = array[positions]
+        if how == "count":
+            return int(len(values))
+        if not len(values):
+            return None
+        result = getattr(np, how)(values)
+        return result.item() if hasattr(result, "item") else result
+
+    def frame(self, model: Any) -> pd.DataFrame:
+        """Return the table as a pandas DataFrame to read (``pk`` first).
+
+        The frame is built once per version of the table and shared copy-on-write:
+        changing the frame you get changes neither the database nor other readers.
+        """
+        table = self.table(model)
+        with self.lock:
+            version = table.version
+            cached = table._frame
+            if cached is not None and cached[0] == version:
+                return self._reader_copy(table, cached[1])
+            live = table._live_positions()
+            arrays = {name: table._array(name) for name in ("pk",) + table.schema.names}
+        data = {}
+        for name, array in arrays.items():
+            if live is not None:
+                array = array[live]
+                array.flags.writeable = False
+            field = table.fields.get(name)
+            if field is not None and (field.nullable or field.kind in ("list", "set", "dict")):
+                data[name] = pd.Series(array, dtype=object, copy=False)  # keep None as None
+            else:
+                data[name] = array
+        frame = pd.DataFrame(data, copy=False)
+        with self.lock:
+            if table.version == version:
+                table._frame = (version, frame)
+        return self._reader_copy(table, frame)
+
+    @staticmethod
+    def _reader_copy(table: Table, frame: pd.DataFrame) -> pd.DataFrame:
+        """Return a copy-on-write view of a cached frame, with its own container cells."""
+        out = frame.copy(deep=False)
+        for name, field in table.fields.items():
+            if field.kind in ("list", "set", "dict"):
+                cells = np.fromiter((clone(v) for v in frame[name].to_numpy()), dtype=object,
+                                    count=len(frame))
+                out[name] = pd.Series(cells, index=out.index, dtype=object, copy=False)
+        return out
+
+    # --- filters ----------------------------------------------------------------------------
+
+    def _pk_of(self, table: Table, row: Any) -> str:
+        if isinstance(row, Model):
+            if not isinstance(row, table.model):
+                raise ValidationError(f"expected a {table.name}, got a {type(row).__name__}")
+            return row.pk
+        if isinstance(row, str) and row:
+            return row
+        raise ValidationError(f"{table.name}.pk: expected a non-empty str or a {table.name}, "
+                              f"got {type(row).__name__}")
+
+    def _parse(self, table: Table, filters: dict[str, Any]) -> tuple[
+            list[_Filter], dict[str, dict[str, Any]]]:
+        """Split filters into plain ones and ones that follow a reference.
+
+        A key is ``field`` (equality), ``field__op`` (an operator of :data:`OPS`), or
+        ``ref__...`` to filter on the fields of the referenced rows
+        (``author__name='bob'``, ``author__team__name__contains='x'``).
+        """
+        plain: list[_Filter] = []
+        follow: dict[str, dict[str, Any]] = {}
+        for key, value in filters.items():
+            if key.startswith("_"):
+                raise DatabaseError(f"unknown query option {key!r} (use _sort, _limit, "
+                                    "_offset)")
+            name, _, rest = key.partition("__")
+            field = table.field(name)
+            if rest:
+                head = rest.partition("__")[0]
+                if field.kind == "ref" and (head == "pk" or head in field.ref._schema().fields
+                                            or "__" in rest):
+                    follow.setdefault(name, {})[rest] = value
+                    continue
+                if rest not in OPS:
+                    raise DatabaseError(f"{table.name}: unknown filter {key!r} "
+                                        f"(operators: {', '.join(sorted(OPS))})")
+                op = rest
+            else:
+                op = "eq"
+            plain.append(_Filter(key, field, op, self._filter_value(table, key, field, op,
+                                                                    value)))
+        return plain, follow
+
+    def _filter_value(self, table: Table, key: str, field: Field, op: str, value: Any) -> Any:
+        """Check a filter's value against the field's type (ValidationError naming the key)."""
+        try:
+            if op in ("in", "nin"):
+                if not isinstance(value, (list, tuple, set, frozenset)):
+                    raise ValidationError(f"expected a list of values, got "
+                                          f"{type(value).__name__}")
+                return [self._one_value(field, v) for v in value]
+            if op in ("contains", "icontains", "startswith", "endswith", "regex"):
+                if field.kind in ("list", "set") and op == "contains":
+                    return field.check_item(value) if field.item else value
+                if field.kind == "dict" and op == "contains":
+                    if not isinstance(value, str):
+                        raise ValidationError(f"expected a str key, got {type(value).__name__}")
+                    return value
+                if field.kind != "str" and field.name != "pk" and field.kind != "ref":
+                    raise ValidationError(f"{op} needs a str field, not {field.describe()}")
+                if not isinstance(value, str):
+                    raise ValidationError(f"expected str, got {type(value).__name__}")
+                if op == "regex":
+                    try:
+                        return re.compile(value)
+                    except re.error as exc:
+                        raise ValidationError(f"bad regular expression: {exc}") from None
+                return value
+            if op in _ORDER:
+                if field.kind in ("list", "set", "dict", "bool"):
+                    raise ValidationError(f"cannot order a {field.describe()} field")
+                if value is None:
+                    raise ValidationError("cannot compare with None")
+            return self._one_value(field, value)
+        except ValidationError as exc:
+            text = str(exc)
+            prefix = f"{field.where}: "
+            text = text[len(prefix):] if text.startswith(prefix) else text
+            raise ValidationError(f"{table.name} filter {key}: {text}") from None
+
+    @staticmethod
+    def _one_value(field: Field, value: Any) -> Any:
+        if field.kind == "ref" and isinstance(value, Model):
+            return value.pk
+        return field.check(value)
+
+    def _select(self, table: Table, filters: dict[str, Any]) -> Any:
+        """Return the positions of live rows matching every filter, ascending (lock held)."""
+        plain, follow = self._parse(table, filters)
+        pk_filter = next((f for f in plain if f.field is table.pk_field and f.op == "eq"), None)
+        if pk_filter is not None:   # one dict lookup instead of a scan
+            pos = table.index.get(pk_filter.value)
+            candidates = np.array([] if pos is None else [pos], dtype=np.int64)
+            plain = [f for f in plain if f is not pk_filter]
+        else:
+            candidates = None
+            for flt in plain:   # an equality on an indexed column: look up, do not scan
+                if flt.op == "eq" and flt.field is not table.pk_field:
+                    found = table._index_lookup(flt.field.name, flt.value)
+                    if found is not None:
+                        candidates = np.array(found, dtype=np.int64)
+                        plain = [f for f in plain if f is not flt]
+                        break
+        mask = None
+        for flt in plain:
+            part = self._mask(table, flt, candidates)
+            mask = part if mask is None else mask & part
+        for name, sub in follow.items():
+            target = self._tables[table.fields[name].ref.__name__]
+            keys = set(target.pks[p] for p in self._select(target, sub).tolist())
+            array = table._array(name)
+            if candidates is not None:
+                array = array[candidates]
+            part = _isin_object(array, keys)
+            mask = part if mask is None else mask & part
+        if candidates is not None:
+            positions = candidates if mask is None else candidates[mask]
+            return positions
+        if mask is None:
+            return table._all_positions()
+        if table.dead:
+            mask = mask & np.frombuffer(bytes(table.live), dtype=np.bool_)
+        return np.flatnonzero(mask)
+
+    def _mask(self, table: Table, flt: _Filter, candidates: np.ndarray | None) -> np.ndarray:
+        """Return the boolean mask of one filter over every slot (or over *candidates*)."""
+        field, op, value = flt.field, flt.op, flt.value
+        array = table._array(field.name)
+        if candidates is not None:
+            array = array[candidates]
+        n = len(array)
+        if op in ("eq", "ne"):
+            if array.dtype != object and value is not None:
+                mask = array == value
+            elif field.kind in ("str", "ref") and value is not None:
+                mask = np.asarray(array == value, dtype=bool)
+            else:
+                mask = np.fromiter((v == value for v in array), dtype=bool, count=n)
+            return ~mask if op == "ne" else mask
+        if op in _ORDER:
+            compare = _ORDER[op]
+            if array.dtype != object:
+                return compare(array, value)
+            if not field.nullable:
+                try:
+                    return np.asarray(compare(array, value), dtype=bool)
+                except TypeError:
+                    pass
+            return np.fromiter((v is not None and compare(v, value) for v in array),
+                               dtype=bool, count=n)
+        if op in ("in", "nin"):
+            if array.dtype != object:
+                mask = np.isin(array, np.array(value, dtype=array.dtype))
+            elif field.kind in ("list", "set", "dict"):
+                mask = np.fromiter((v in value for v in array), dtype=bool, count=n)
+            else:
+                mask = _isin_object(array, set(value))
+            return ~mask if op == "nin" else mask
+        if op == "contains" and field.kind in ("list", "set", "dict"):
+            return np.fromiter((value in v for v in array), dtype=bool, count=n)
+        if op == "contains" and candidates is None and not field.nullable:
+            joined = table._joined_column(field.name)
+            if joined is not None and "\x00" not in value and value:
+                return _find_all(joined[0], joined[1], value, n)
+        if op == "regex":
+            search = value.search
+            return np.fromiter((v is not None and search(v) is not None for v in array),
+                               dtype=bool, count=n)
+        if op == "icontains":
+            needle = value.casefold()
+            return np.fromiter((v is not None and needle in v.casefold() for v in array),
+                               dtype=bool, count=n)
+        method = {"contains": str.__contains__, "startswith": str.startswith,
+                  "endswith": str.endswith}[op]
+        return np.fromiter((v is not None and method(v, value) for v in array),
+                           dtype=bool, count=n)
+
+    def _sort(self, table: Table, positions: np.ndarray, sort: Any) -> np.ndarray:
+        """Order *positions* by one or more ``field`` / ``-field`` keys, stably (lock held)."""
+        keys = [sort] if isinstance(sort, str) else list(sort)
+        order = np.arange(len(positions))
+        for key in reversed(keys):
+            if not isinstance(key, str) or not key.strip("-"):
+                raise ValidationError(f"_sort: expected a field name, got {key!r}")
+            descending = key.startswith("-")
+            field = table.field(key.lstrip("-"))
+            if field.kind in ("list", "set", "dict"):
+                raise ValidationError(f"_sort: cannot order by {field.where} "
+                                      f"({field.describe()})")
+            values = table._array(field.name)[positions[order]]
+            order = order[_argsort(values, descending)]
+        return positions[order]
+
+    # --- persistence hooks ----------------------------------------------------------------
+
+    def encode_record(self, record: tuple) -> bytes:
+        """Return the journal payload of a write record (JSON, sets as sorted lists)."""
+        op, name = record[0], record[1]
+        table = self._tables[name]
+        if op == "c":
+            values = record[2]
+            row = {"pk": values[0]}
+            for field_name, value in zip(table.schema.names, values[1:], strict=False):
+                row[field_name] = to_json(value)
+            data: list = ["c", name, row]
+        elif op == "u":
+            data = ["u", name, record[2], {k: to_json(v) for k, v in record[3].items()}]
+        else:
+            data = ["d", name, record[2]]
+        return json.dumps(data, separators=(",", ":"), allow_nan=True).encode("ascii")
+
+    def replay(self, payload: bytes) -> str | None:
+        """Apply one journal payload (idempotently) without journaling it again.
+
+        Creates overwrite, updates of a missing row and drops of a missing row are
+        ignored: replaying a journal over a snapshot that already holds some of its
+        writes ends in the same state. Returns a note when something was skipped.
+        Raises ValidationError for a record that does not fit the models.
+        """
+        data = json.loads(payload)
+        if not isinstance(data, list) or len(data) < 3 or data[0] not in ("c", "u", "d"):
+            raise ValidationError("not a write record")
+        op, name = data[0], data[1]
+        table = self._tables.get(name) if isinstance(name, str) else None
+        if table is None:
+            return f"skipped a write to {name!r}, which is not a model any more"
+        if op == "c":
+            row = data[2]
+            if not isinstance(row, dict):
+                raise ValidationError("a create record needs an object of fields")
+            pk = check_pk(table.name, row.get("pk"))
+            values = tuple(table.fields[n].from_json(row[n]) if n in row
+                           else table.fields[n].fresh_default() for n in table.schema.names)
+            with self.lock:
+                pos = table.index.get(pk)
+                if pos is None:
+                    table._insert(pk, values)
+                else:
+                    table._set(pos, dict(zip(table.schema.names, values, strict=False)))
+            return None
+        pk = check_pk(table.name, data[2])
+        if op == "u":
+            fields = data[3] if len(data) > 3 else None
+            if not isinstance(fields, dict):
+                raise ValidationError("an update record needs an object of fields")
+            changes = {n: table.fields[n].from_json(v) for n, v in fields.items()
+                       if n in table.fields}
+            with self.lock:
+                pos = table.index.get(pk)
+                if pos is not None and changes:
+                    table._set(pos, changes)
+            return None
+        with self.lock:
+            pos = table.index.get(pk)
+            if pos is not None:
+                table._kill(pos)
+        return None
+
+
+def _index_add(index: dict[Any, Any], value: Any, pos: int) -> None:
+    entry = index.get(value)
+    if entry is None:
+        index[value] = pos
+    elif entry.__class__ is int:
+        index[value] = [entry, pos]
+    else:
+        entry.append(pos)
+
+
+def _isin_object(array: np.ndarray, keys: set) -> np.ndarray:
+    """Return a mask of the items of an object array that are in *keys*."""
+    if not keys:
+        return np.zeros(len(array), dtype=bool)
+    if len(keys) == 1:
+        (key,) = keys
+        return np.asarray(array == key, dtype=bool) if key is not None else \
+            np.fromiter((v is None for v in array), dtype=bool, count=len(array))
+    contains = keys.__contains__
+    return np.fromiter(map(contains, array), dtype=bool, count=len(array))
+
+
+def _find_all(text: str, starts: np.ndarray, needle: str, n: int) -> np.ndarray:
+    """Return the mask of slots of a NUL-joined column whose text contains *needle*."""
+    mask = np.zeros(n, dtype=bool)
+    find = text.find
+    at = find(needle)
+    found = 0
+    limit = n // 8 + 64
+    while at >= 0:
+        slot = int(np.searchsorted(starts, at, side="right")) - 1
+        mask[slot] = True
+        found += 1
+        if found > limit:   # many matches: one pass over every slot is cheaper
+            rest = text[starts[slot + 1]:] if slot + 1 < n else ""
+            tail = rest.split("\x00") if rest else []
+            mask[slot + 1:] = np.fromiter((needle in v for v in tail), dtype=bool,
+                                          count=len(tail))
+            return mask
+        if slot + 1 >= n:
+            break
+        at = find(needle, int(starts[slot + 1]))
+    return mask
+
+
+def _argsort(values: np.ndarray, descending: bool) -> np.ndarray:
+    """Return a stable ascending (or descending) order of *values*; None sorts last."""
+    n = len(values)
+    if values.dtype != object:
+        if values.dtype == np.bool_:
+            values = values.astype(np.int8)
+        if not descending:
+            return np.argsort(values, kind="stable")
+        return (n - 1) - np.argsort(values[::-1], kind="stable")[::-1]
+    items = values.tolist()
+    present = [i for i in range(n) if items[i] is not None]
+    missing = [i for i in range(n) if items[i] is None]
+    present.sort(key=items.__getitem__, reverse=descending)
+    return np.array(present + missing, dtype=np.int64)
