@@ -134,8 +134,10 @@ class RoomsService(Service):
         message = protocol.broadcast(name, payload).encode("utf-8")
         self.published += 1
         if self.backplane is not None:
-            # one broadcast on several channels: a member of several still gets it once
-            self.backplane.publish_many(channels, message)
+            if len(channels) == 1:
+                self.backplane.publish(channels[0], message)
+            else:  # one broadcast on several channels: a member of several gets it once
+                self.backplane.publish_many(channels, message)
         else:
             self.deliver(channels, message)
 
