@@ -119,16 +119,17 @@ class Process:
             return 0.0
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
+        """Stop the process group: SIGTERM, then SIGKILL after 20 s."""
+        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+            if self.proc.poll() is not None:
+                return
             try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(15)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(5)
+                os.killpg(self.proc.pid, sig)
+                self.proc.wait(wait)
+            except ProcessLookupError:
+                return
+            except subprocess.TimeoutExpired:
+                print(f"{self.name} did not stop on signal {sig}", file=sys.stderr)
 
 
 def start_redis(tmp: Path) -> tuple[Process, str]:
@@ -489,6 +490,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="lexicons-bench-"))
     processes: list[Process] = []
     backend = Backend()
+    ok = False
     try:
         redis_proc, redis_url = start_redis(tmp)
         processes.append(redis_proc)
@@ -527,11 +529,15 @@ def main() -> int:
         report(results, p)
         if p.json:
             Path(p.json).write_text(json.dumps(results, indent=2))
+        ok = True
     finally:
         for proc in reversed(processes):
             proc.stop()
         backend.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if ok:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"the servers' logs are kept in {tmp}", file=sys.stderr)
     return 0
 
 
