@@ -348,6 +348,10 @@ declare("BACKEND_TIMEOUT", 5.0, number(0.1), "seconds to wait for the backend's 
         section="integration")
 declare("BACKEND_HEADERS", {}, DICT, "extra headers sent to the backend on bootstrap",
         section="integration")
+declare("TRIGGER_TRUST", ["127.0.0.1", "::1", "10.0.0.0/8", "172.16.0.0/12",
+                         "192.168.0.0/16", "fc00::/7"], STR_LIST,
+        "high-templar endpoint: addresses or networks that may POST /trigger/ ('*': any)",
+        section="integration", live=True)
 declare("IDLE_TIMEOUT", 300.0, number(0),
         "high-templar endpoint: seconds of silence before a connection is closed (0: never)",
         section="integration")

@@ -44,9 +44,10 @@ from typing import Any
 
 from lexicons import backend
 from lexicons import hightemplar as ht
-from lexicons.errors import BadTrigger, ServiceError
+from lexicons.errors import BadTrigger, ServiceError, SettingsError
 from lexicons.frames import CLOSE_NORMAL, text_frame
 from lexicons.service import Service
+from lexicons.trust import TrustList
 from services.listener import HTTPResponse
 
 PATH = "/ws/"
@@ -105,6 +106,7 @@ class HighTemplarService(Service):
         self.idle_closed = 0
         self.triggers = 0
         self.bad_triggers = 0
+        self._trust: tuple[list[str], TrustList] | None = None
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -113,6 +115,10 @@ class HighTemplarService(Service):
         if not self.enabled:
             self.log.info("high-templar endpoint off (BOOTSTRAP_URL is not set)")
             return
+        try:
+            self._trigger_trust()
+        except SettingsError as exc:  # name the setting: TrustList speaks of TRUST
+            raise SettingsError(f"TRIGGER_TRUST: {str(exc).removeprefix('TRUST: ')}") from None
         if not self.manager.has_service("listener"):
             raise ServiceError("the high-templar endpoint needs the listener service")
         listener = self.manager.get_service("listener")
@@ -302,6 +308,11 @@ class HighTemplarService(Service):
         if request.method != "POST":
             return HTTPResponse(405, {"code": "error", "message": "use POST"},
                                 headers=(("Allow", "POST"),))
+        if not self._trigger_trust().allows(request.peer):
+            self._count("bad_triggers")
+            self.log.warning("refused a trigger from %s (not in TRIGGER_TRUST)", request.peer)
+            return HTTPResponse(403, {"code": "error",
+                                      "message": "this address may not publish (TRIGGER_TRUST)"})
         try:
             trigger = ht.parse_trigger(request.body)
         except BadTrigger as exc:
@@ -309,6 +320,13 @@ class HighTemplarService(Service):
             return HTTPResponse(400, {"code": "error", "message": str(exc)})
         rooms = self.publish(trigger)
         return HTTPResponse(200, {"code": "success", "rooms": rooms})
+
+    def _trigger_trust(self) -> TrustList:
+        """Return the parsed TRIGGER_TRUST (parsed again when a reload changes it)."""
+        entries = self.settings.TRIGGER_TRUST
+        if self._trust is None or self._trust[0] is not entries:
+            self._trust = (entries, TrustList(entries))
+        return self._trust[1]
 
     # --- idle connections ---------------------------------------------------------------
 

@@ -432,8 +432,10 @@ class ListenerService(Service):
             return
         request = pending.request
         body = bytes(pending.buf[:pending.body_len])
+        address = pending.address
         request = Request(request.method, request.target, request.path, request.query,
-                          request.version, request.headers, body)
+                          request.version, request.headers, body,
+                          address[0] if isinstance(address, tuple) else "")
         route = self.routes.get(request.path, self._static_file)
         self._detach(selector, pending)
         if not self.pool.submit(self._serve_route, route, request, pending.sock, pending.tls):

@@ -278,6 +278,17 @@ def test_bad_trigger_is_400_with_the_reason(node, raw, reason):
         400, {"code": "error", "message": reason})
 
 
+def test_trigger_refused_outside_trigger_trust(nodes, backend):
+    """A trigger from an address outside TRIGGER_TRUST is refused (403) and publishes nothing."""
+    node = nodes.start(BOOTSTRAP_URL=backend.url("/ok"), TRIGGER_TRUST=["10.9.9.9"])
+    client = authorized(node)
+    subscribe(client, MESSAGE_ROOM, "1")
+    assert trigger(node, [MESSAGE_ROOM], 1) == (
+        403, {"code": "error", "message": "this address may not publish (TRIGGER_TRUST)"})
+    no_more_messages(client)
+    client.close()
+
+
 def test_trigger_needs_post(node):
     """GET /trigger/ is 405."""
     assert http_request(node, "GET", "/trigger/")[0] == 405
