@@ -73,6 +73,9 @@ class AmqpService(Service):
         if not self.manager.has_service("hightemplar"):
             raise ServiceError("the amqp consumer needs the hightemplar service")
         self.hightemplar = self.manager.get_service("hightemplar")
+        if not self.hightemplar.enabled:
+            raise ServiceError("AMQP_URL is set but the high-templar endpoint is off: "
+                               "set BOOTSTRAP_URL too (triggers go to /ws/ subscriptions)")
 
     def main(self) -> None:
         if not self.enabled:

@@ -178,3 +178,13 @@ def test_consumer_reconnects_after_the_broker_closes_it(nodes, backend, exchange
     publish(url, name, {"rooms": [ROOM], "data": "after"})
     assert next_message(client)["data"] == "after"
     client.close()
+
+
+def test_amqp_without_the_endpoint_stops_start_up(nodes, exchange):
+    """AMQP_URL without BOOTSTRAP_URL is refused at start with a message naming both."""
+    from lexicons.errors import ServiceError
+
+    url, name = exchange
+    with pytest.raises(ServiceError) as caught:
+        nodes.start(SERVICES, AMQP_URL=url, AMQP_EXCHANGE=name)
+    assert "BOOTSTRAP_URL" in str(caught.value) and "AMQP_URL" in str(caught.value)
