@@ -3,7 +3,9 @@
 Theory of operation
 -------------------
 The rooms service hands every broadcast to :meth:`BackplaneService.publish`
-(the channel name and the encoded, unframed payload) and tells the backplane
+(the channel name and the encoded, unframed payload), or to
+:meth:`~BackplaneService.publish_many` when it names several channels, and tells
+the backplane
 when this node gains its first (:meth:`~BackplaneService.join`) or loses its
 last (:meth:`~BackplaneService.leave`) local member of a channel. The
 backplane calls the receiver set by :meth:`~BackplaneService.set_receiver`
@@ -31,6 +33,12 @@ subscribes again to every channel it needs. Until both are connected the
 backplane reports itself degraded (``info()``, ``status``, ``/health``).
 Delivery through Redis is thus exactly once while connected and at most
 once across an outage.
+
+A broadcast on several channels must reach a member of several once. Locally
+it goes to the many-receiver (:meth:`~BackplaneService.set_many_receiver`) in one
+call; on Redis each channel's copy carries a broadcast id and the channel list,
+and the first copy to reach a node is delivered there to its members of any of
+those channels, the later copies skipped (recent ids are remembered).
 
 Spaces: channel names live in a *space*, ``"c"`` (the rooms service's channels)
 unless the caller names another (the high-templar endpoint's rooms use
