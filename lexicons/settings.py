@@ -240,11 +240,14 @@ def _check_stack_size(value: int) -> None:
 
 DEFAULT_SERVICES = [
     "services.control/ControlService",
+    "services.backplane/BackplaneService",
     "services.persister/PersisterService",
     "services.rooms/RoomsService",
     "services.router/RouterService",
     "services.gate/GateService",
     "services.scheduler/SchedulerService",
+    "services.hightemplar/HighTemplarService",
+    "services.amqp/AmqpService",
     "services.listener/ListenerService",
 ]
 
@@ -340,6 +343,14 @@ declare("SNAPSHOT_INTERVAL", 300.0, number(0),
 declare("BACKPLANE", "memory", STR,
         "'memory' (one process) or a redis:// URL to share broadcasts between nodes",
         section="integration", check=_check_backplane)
+declare("BACKPLANE_PREFIX", "lexicons", STR,
+        "prefix of the Redis channel names, so several deployments can share one Redis",
+        section="integration")
+declare("BACKPLANE_QUEUE", 100000, integer(1),
+        "broadcasts waiting to be sent to Redis; past that they are dropped for other nodes",
+        section="integration")
+declare("BACKPLANE_RETRY_MAX", 5.0, number(0.01),
+        "longest delay between two attempts to reach Redis again", section="integration")
 declare("BOOTSTRAP_URL", "", STR,
         "high-templar endpoint: backend URL asked for each client's allowed rooms",
         section="integration")
@@ -347,6 +358,10 @@ declare("BACKEND_TIMEOUT", 5.0, number(0.1), "seconds to wait for the backend's 
         section="integration")
 declare("BACKEND_HEADERS", {}, DICT, "extra headers sent to the backend on bootstrap",
         section="integration")
+declare("TRIGGER_TRUST", ["127.0.0.1", "::1", "10.0.0.0/8", "172.16.0.0/12",
+                         "192.168.0.0/16", "fc00::/7"], STR_LIST,
+        "high-templar endpoint: addresses or networks that may POST /trigger/ ('*': any)",
+        section="integration", live=True)
 declare("IDLE_TIMEOUT", 300.0, number(0),
         "high-templar endpoint: seconds of silence before a connection is closed (0: never)",
         section="integration")

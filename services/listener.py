@@ -437,8 +437,10 @@ class ListenerService(Service):
             return
         request = pending.request
         body = bytes(pending.buf[:pending.body_len])
+        address = pending.address
         request = Request(request.method, request.target, request.path, request.query,
-                          request.version, request.headers, body)
+                          request.version, request.headers, body,
+                          address[0] if isinstance(address, tuple) else "")
         route = self.routes.get(request.path, self._static_file)
         self._detach(selector, pending)
         if not self.pool.submit(self._serve_route, route, request, pending.sock, pending.tls):
@@ -580,7 +582,11 @@ class ListenerService(Service):
         status = self.manager.status()
         states = {s["name"]: s["state"] for s in status["services"]}
         healthy = all(state == ServiceState.RUNNING.value for state in states.values())
-        body = {"healthy": healthy, "services": states,
+        # running but impaired (the backplane without Redis): shown, still served (200),
+        # since every node would be degraded alike and a balancer must not drop them all
+        degraded = [s["name"] for s in status["services"]
+                    if isinstance(s.get("info"), dict) and s["info"].get("degraded")]
+        body = {"healthy": healthy, "services": states, "degraded": degraded,
                 "connections": len(self.hub) if self.hub else 0}
         # a hung service is RUNNING by its state: name it too
         failing = {s["name"]: "hung" if s["hung"] else s["state"] for s in status["services"]

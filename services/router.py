@@ -60,12 +60,32 @@ class Facade:
         self._router.rooms_service().publish(channel_names(channels), name, payload)
 
     def subscribe(self, ws: Connection, channel: Any, check: bool = False) -> None:
-        """Put connection *ws* in *channel* (check=True asks the channel's permit hook)."""
+        """Put connection *ws* in *channel* (check=True asks the channel's permit hook).
+
+        ``subscribe(event, fn)`` (a name and a callable) instead calls ``fn(event, data)``
+        for every cluster event *event* said on any node (see :meth:`say`).
+        """
+        if isinstance(ws, str) and callable(channel):
+            self._backplane().subscribe(ws, channel)
+            return
         self._router.rooms_service().join(ws, str(channel), check=check)
 
     def unsubscribe(self, ws: Connection, channel: Any) -> None:
-        """Take connection *ws* out of *channel*."""
+        """Take connection *ws* out of *channel*; ``unsubscribe(event, fn)`` drops a handler."""
+        if isinstance(ws, str) and callable(channel):
+            self._backplane().unsubscribe(ws, channel)
+            return
         self._router.rooms_service().leave(ws, str(channel))
+
+    def say(self, event: str, data: Any = None) -> None:
+        """Send cluster event *event* with JSON data to its handlers on every node."""
+        self._backplane().say(event, data)
+
+    def _backplane(self) -> Any:
+        manager = self._router.manager
+        if not manager.has_service("backplane"):
+            raise ServiceError("no backplane service runs: cluster events are not possible")
+        return manager.get_service("backplane")
 
     def send(self, ws: Connection, name: str, payload: Any) -> None:
         """Send ``[{name: payload}]`` to connection *ws* alone."""
