@@ -270,10 +270,12 @@ class ListenerService(Service):
         return {
             "address": f"{self.settings.HOST}:{self.port}",
             "tls": self.tls_context is not None,
-            "connections": len(hub) if hub else 0,
+            "connections": len(hub) if hub is not None else 0,
             "handshakes": len(self._pending),
             "accepted": self.accepted,
-            "slow_consumers": hub.slow_consumers if hub else 0,
+            "slow_consumers": hub.slow_consumers if hub is not None else 0,
+            "flusher_sends": hub.sends if hub is not None else 0,
+            "flusher_frames": hub.chunks if hub is not None else 0,
             "refused": {str(k): v for k, v in sorted(self.refused.items())},
         }
 
