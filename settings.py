@@ -5,7 +5,7 @@ this file names only what it changes. Environment variables LEXICONS_<NAME>
 override it.
 """
 
-APP = ""
+APP = "examples.chat"                 # the chat: open http://127.0.0.1:5000/
 DATA_DIR = "data"
 LOCK_FILE = "run/lexiconsd.pid"
 CONTROL_SOCKET = "run/lexiconsd.sock"

@@ -223,6 +223,7 @@ class Bootstrap:
         if path == "-":
             handler: logging.Handler = logging.StreamHandler(sys.stderr)
         else:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             # WatchedFileHandler reopens the file when logrotate moves it away
             handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
         handler.setFormatter(logging.Formatter(LOG_FORMAT))

@@ -26,7 +26,8 @@ MAX_HEADERS = 128
 WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 REASONS = {
-    101: "Switching Protocols", 200: "OK", 204: "No Content", 400: "Bad Request",
+    101: "Switching Protocols", 200: "OK", 204: "No Content", 304: "Not Modified",
+    400: "Bad Request",
     401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
     408: "Request Timeout", 411: "Length Required", 413: "Content Too Large",
     414: "URI Too Long", 426: "Upgrade Required", 431: "Request Header Fields Too Large",
@@ -167,7 +168,7 @@ def response(status: int, body: Any = None, headers: tuple[tuple[str, str], ...]
     lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}"]
     for name, value in headers:
         lines.append(f"{name}: {value}")
-    if payload or status not in (101, 204):
+    if payload or status not in (101, 204, 304):
         lines.append(f"Content-Type: {content_type}")
         lines.append(f"Content-Length: {len(payload)}")
     lines.append("Connection: close")

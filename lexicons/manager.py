@@ -82,6 +82,7 @@ class ServiceManager:
         self.app = app if app is not None else application.load(settings.APP)
         self.on_fatal = on_fatal
         self.controller: Any = None  # the Bootstrap, when there is one (stop, reload)
+        self._facade: Any = None     # set by an embedding program or a test; else the router's
         self.clock = clock
         self.services: dict[str, Service] = {}
         self._records: dict[str, _Record] = {}
@@ -118,6 +119,17 @@ class ServiceManager:
         except KeyError:
             raise ServiceError(f"no service named {name!r} "
                                f"(running: {', '.join(self.services) or 'none'})") from None
+
+    @property
+    def facade(self) -> Any:
+        """Return the server facade (``sv``) for signals and tasks; None without a router."""
+        if self._facade is not None or not self.has_service("router"):
+            return self._facade
+        return getattr(self.get_service("router"), "facade", None)
+
+    @facade.setter
+    def facade(self, value: Any) -> None:
+        self._facade = value
 
     def has_service(self, name: str) -> bool:
         """Tell whether a service called *name* is part of this daemon."""

@@ -453,11 +453,16 @@ def load(path: str | None = None, *, env: Mapping[str, str] | None = None,
     return Settings(values, source=path, extra=extra)
 
 
-def reference_table() -> str:
-    """Return the settings reference as a Markdown table (for README and `lexiconsd settings`)."""
+def reference_table(section: str | None = None) -> str:
+    """Return the settings reference as a Markdown table (for README and `lexiconsd settings`).
+
+    With *section*, only the settings of that section (``daemon``, ``network``, ...).
+    """
     lines = ["| setting | default | type | live | what it does |",
              "| --- | --- | --- | --- | --- |"]
     for s in DECLARED.values():
+        if section is not None and s.section != section:
+            continue
         default = json.dumps(s.default) if not isinstance(s.default, str) else repr(s.default)
         lines.append(f"| `{s.name}` | `{default}` | {s.kind.name} | "
                      f"{'yes' if s.live else ''} | {s.doc} |")

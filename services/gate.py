@@ -17,13 +17,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from lexicons import http
 from lexicons.arguments import Arguments
 from lexicons.connection import Peer
 from lexicons.errors import CallError, NotPermitted, ServiceError
+from lexicons.events import Request
 from lexicons.header import Header
 from lexicons.pool import Pool
 from lexicons.service import Service
 from lexicons.trust import TrustList
+from services.listener import HTTPResponse
+
+#: The plain HTTP path that tells a client why its headers would be refused.
+CHECK_PATH = "/gate"
 
 
 class Refusal(Exception):
@@ -59,7 +65,9 @@ class GateService(Service):
             raise ServiceError("the gate needs the router service (services.router)")
         self.router = self.manager.get_service("router")
         if self.manager.has_service("listener"):
-            self.manager.get_service("listener").websocket("/", self)
+            listener = self.manager.get_service("listener")
+            listener.websocket("/", self)
+            listener.route(CHECK_PATH, self.explain)
         self.pool.start()
 
     def teardown(self) -> None:
@@ -127,6 +135,23 @@ class GateService(Service):
                 reasons.append(f"{name}: {reason}")
         if not self.manager.app.gate(results):
             raise Refusal(401, "; ".join(reasons) or "refused")
+
+    def explain(self, request: Request) -> HTTPResponse:
+        """Answer ``GET /gate?Header=...`` with what a connect with those headers would get.
+
+        Browsers hide the body of a refused websocket upgrade from scripts (the
+        socket just closes with code 1006), so a page asks here, with the same
+        query, to learn why: 200 ``{"admitted": true}``, or the refusal's status
+        with the JSON body the upgrade got. The headers run as for a connect
+        (their side effects included), so ask only after a refused connect.
+        """
+        try:
+            self.check(Peer(None, request))
+        except Refusal as refusal:
+            body = {"status": refusal.status, "error": http.REASONS.get(refusal.status, "Error"),
+                    "reason": refusal.reason}
+            return HTTPResponse(refusal.status, body, (("Cache-Control", "no-store"),))
+        return HTTPResponse(200, {"admitted": True}, (("Cache-Control", "no-store"),))
 
     def _given(self, peer: Peer) -> dict[str, str]:
         """Return the raw values of the headers the client sent (headers win over query)."""

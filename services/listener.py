@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import os
 import selectors
 import socket
 import ssl
@@ -45,6 +46,7 @@ from lexicons.events import Request
 from lexicons.http import HTTPError
 from lexicons.pool import Pool
 from lexicons.service import Service, ServiceState
+from lexicons.static import StaticFiles
 from lexicons.trust import TrustList
 
 LINGER = 1.0            # seconds to discard input after an error answer
@@ -181,6 +183,7 @@ class ListenerService(Service):
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._trust: tuple[list[str], TrustList] | None = None
+        self.static: StaticFiles | None = None
         self._switch_interval: float | None = None  # Python's, restored at teardown
 
     # --- registration (other services call these in their setup) ------------------------
@@ -208,6 +211,11 @@ class ListenerService(Service):
             self.tls_context = context
         if "/" not in self.websockets and self.manager.has_service("gate"):
             self.websockets["/"] = self.manager.get_service("gate")
+        root = s.STATIC_DIR or getattr(self.manager.app, "static_dir", "")
+        if root:
+            if not os.path.isdir(root):
+                raise ServiceError(f"the static files directory {root} does not exist")
+            self.static = StaticFiles(root)
         family = socket.AF_INET6 if ":" in s.HOST else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -401,13 +409,13 @@ class ListenerService(Service):
         request = http.parse_head(bytes(buf[:end]))
         del buf[:end]
         handler = self.websockets.get(request.path)
-        if handler is not None:
+        if handler is not None and (request.wants_upgrade or not self._is_static(request)):
             http.check_upgrade(request)
             self._admit(selector, pending, request, handler)
             return
         if request.wants_upgrade:
             raise HTTPError(404, f"no websocket endpoint at {request.path[:100]}")
-        if request.path not in self.routes:
+        if request.path not in self.routes and not self._is_static(request):
             raise HTTPError(404, f"nothing at {request.path[:100]}")
         if request.header("transfer-encoding") is not None:
             raise HTTPError(411, "send a Content-Length, not a chunked body")
@@ -428,7 +436,7 @@ class ListenerService(Service):
         body = bytes(pending.buf[:pending.body_len])
         request = Request(request.method, request.target, request.path, request.query,
                           request.version, request.headers, body)
-        route = self.routes[request.path]
+        route = self.routes.get(request.path, self._static_file)
         self._detach(selector, pending)
         if not self.pool.submit(self._serve_route, route, request, pending.sock, pending.tls):
             self.respond(pending.sock, http.error_response(
@@ -547,6 +555,22 @@ class ListenerService(Service):
         return self._trust[1].allows(address[0] if isinstance(address, tuple) else "")
 
     # --- built-in routes --------------------------------------------------------------
+
+    def _is_static(self, request: Request) -> bool:
+        """Tell whether a plain GET of *request*'s path finds a static file."""
+        return (self.static is not None and request.method == "GET"
+                and self.static.find(request.path) is not None)
+
+    def _static_file(self, request: Request) -> HTTPResponse:
+        """Serve a static file (on the pool); 304 when the browser's copy is current."""
+        found = self.static.find(request.path) if self.static is not None else None
+        if found is None:   # gone since the request came in
+            raise HTTPError(404, f"nothing at {request.path[:100]}")
+        headers = (("ETag", found.etag), ("Cache-Control", "no-cache"))
+        if request.header("if-none-match") == found.etag:
+            return HTTPResponse(304, None, headers)
+        with open(found.path, "rb") as file:
+            return HTTPResponse(200, file.read(), headers, found.content_type)
 
     def _health(self, request: Request) -> HTTPResponse:
         status = self.manager.status()
