@@ -186,3 +186,17 @@ def test_tls_connections_work(certificate):
             with context.wrap_socket(plain) as sock:
                 sock.sendall(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
                 assert sock.recv(4096).startswith(b"HTTP/1.1 404 ")
+
+
+def test_health_is_503_when_a_service_is_not_running():
+    """/health answers 503 and names the state of a service that failed."""
+    from tests.support.services import Flaky
+    with serving(APP, extra=[Flaky]) as running:
+        running.service("flaky").crash(always=True)
+        deadline = time.monotonic() + 5
+        while running.service("flaky").state.value == "RUNNING" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        status, _, body = http_exchange(running.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        report = json.loads(body)
+        assert status == 503 and report["healthy"] is False
+        assert report["services"]["flaky"] in ("BACKOFF", "FATAL", "STARTING")
