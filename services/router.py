@@ -24,6 +24,7 @@ connection stays usable.
 from __future__ import annotations
 
 import queue
+import threading
 from typing import Any
 
 from lexicons import protocol
@@ -85,6 +86,8 @@ class RouterService(Service):
         self.db: Any = None
         self.rooms: Any = None
         self.connections = 0
+        self._count_lock = threading.Lock()
+        # statistics: bumped without a lock on the hot path, so approximate under load
         self.calls = 0
         self.failures = 0
         self._slots: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -128,11 +131,13 @@ class RouterService(Service):
 
     def on_open(self, conn: Connection) -> None:
         """Count a new connection."""
-        self.connections += 1
+        with self._count_lock:
+            self.connections += 1
 
     def on_close(self, conn: Connection) -> None:
         """Forget a connection: leave its channels."""
-        self.connections -= 1
+        with self._count_lock:
+            self.connections -= 1
         if self.rooms is not None and conn.channels:
             self.rooms.drop(conn)
 
