@@ -558,7 +558,9 @@ class Hub:
     ``tick`` to enforce close deadlines and send pings.
     """
 
-    tick = 0.2
+    #: Seconds between the flusher's rounds when nothing wakes it: close deadlines, pings,
+    #: and broadcasts a reader left queued while its signal kept running after publishing.
+    tick = 0.05
 
     def __init__(self, *, outbox_limit: int = 1 << 20, max_message_size: int = 1 << 20,
                  ping_interval: float = 25.0, close_timeout: float = 2.0,
