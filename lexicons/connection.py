@@ -304,9 +304,9 @@ class Connection(Base):
         _readers[ident] = hub
         try:
             self.handler.on_open(self)
-            if self._trailing:
+            if self._trailing:  # sent right behind the request head; already decrypted
                 data, self._trailing = self._trailing, b""
-                if not self._receive(data):
+                if not self._receive(data, plain=True):
                     return
             recv = self.raw.recv
             size = self.receive_bytes
@@ -327,9 +327,9 @@ class Connection(Base):
                 hub.flush_dirty()
             self._finish()
 
-    def _receive(self, data: bytes) -> bool:
+    def _receive(self, data: bytes, plain: bool = False) -> bool:
         """Handle bytes read; False when reading should stop."""
-        if self.tls is not None:
+        if self.tls is not None and not plain:
             with self.lock:
                 data, reply = self.tls.decrypt(data)
                 if reply:

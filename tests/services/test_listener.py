@@ -8,6 +8,7 @@ import time
 import pytest
 
 from lexicons.application import Application
+from lexicons.frames import client_frame
 from lexicons.signal import Signal
 from services.listener import HTTPResponse
 from tests.support.websocket import RawClient, http_exchange, open_fds, serving, upgrade_request
@@ -153,7 +154,6 @@ def test_first_frame_sent_with_the_handshake_is_not_lost(server):
     """A frame sent right behind the request head (same packet) is handled."""
     frame = RawClient.__new__(RawClient)
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
-    from lexicons.frames import client_frame
     sock.sendall(upgrade() + client_frame(1, b'{"Echo": {"data": "early"}}'))
     data = b""
     while b"\r\n\r\n" not in data:
@@ -186,6 +186,14 @@ def test_tls_connections_work(certificate):
             with context.wrap_socket(plain) as sock:
                 sock.sendall(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
                 assert sock.recv(4096).startswith(b"HTTP/1.1 404 ")
+        with socket.create_connection(("127.0.0.1", running.port)) as plain:
+            with context.wrap_socket(plain) as sock:  # a first frame in the same record
+                sock.settimeout(5)
+                sock.sendall(upgrade() + client_frame(1, b'{"Echo": {"data": "tls"}}'))
+                data = b""
+                while b'"tls"' not in data:
+                    data += sock.recv(4096)
+                assert data.startswith(b"HTTP/1.1 101 ") and data.endswith(b'[{"Echo":"tls"}]')
 
 
 def test_health_is_503_when_a_service_is_not_running():
