@@ -27,7 +27,7 @@ class PublishMany(Signal):
 class Announce(Signal):
     def execute(self, channel: str, sv):
         sv.publish(channel, "Announce", "early")
-        time.sleep(1.0)  # keeps working after publishing
+        time.sleep(2.0)  # keeps working after publishing
         return "late"
 
 
@@ -101,8 +101,8 @@ def test_a_broadcast_leaves_while_its_signal_still_runs(server):
         started = time.monotonic()
         caller.send("Announce", channel="room:early")
         assert subscriber.receive(2) == [{"Announce": "early"}]
-        assert time.monotonic() - started < 0.5
-        assert caller.receive(3) == [{"Announce": "late"}]
+        assert time.monotonic() - started < 1.0  # the signal runs 2 s
+        assert caller.receive(5) == [{"Announce": "late"}]
 
 
 def test_a_connection_in_several_channels_gets_a_broadcast_once(server):
