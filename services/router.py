@@ -143,7 +143,7 @@ class RouterService(Service):
 
     def on_message(self, conn: Connection, data: str | bytes) -> None:
         """Decode a message and run its calls in order (on the connection's reader thread)."""
-        if not isinstance(data, str):
+        if type(data) is not str:
             self._error(conn, ("binary messages are not understood: send JSON text",), None)
             return
         for item in self.protocol.decode(data):
