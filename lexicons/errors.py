@@ -10,6 +10,7 @@ builtin, so callers may catch either::
      +-- LockError (OSError)                 the lock file is held by a running daemon
      +-- ControlError (OSError)              the control socket cannot be reached
      +-- ProtocolError (ValueError)          bytes on a wire that do not follow its protocol
+     |    +-- BadTrigger                     a high-templar trigger body lacks rooms or data
      +-- CallError (ValueError)              a client's call is wrong (unknown, bad arguments)
      |    +-- NotPermitted (PermissionError) the caller may not do what it asked
      |    +-- CallFailed                     (client side) the server answered a call with errors
@@ -51,6 +52,10 @@ class ControlError(LexiconsError, OSError):
 
 class ProtocolError(LexiconsError, ValueError):
     """Bytes received do not follow the protocol spoken on that wire."""
+
+
+class BadTrigger(ProtocolError):
+    """A high-templar trigger (HTTP or AMQP) lacks its rooms or data, or is not JSON."""
 
 
 class CallError(LexiconsError, ValueError):

@@ -26,6 +26,8 @@ class Request:
     #: (name, value) pairs as received, names in lower case, in order.
     headers: tuple[tuple[str, str], ...]
     body: bytes = b""
+    #: The client's IP address (given to plain HTTP routes).
+    peer: str = ""
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """Return the first value of header *name* (case-insensitive), or *default*."""

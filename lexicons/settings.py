@@ -223,6 +223,16 @@ def _check_backplane(value: str) -> None:
         raise SettingsError("expected 'memory' or a redis:// URL")
 
 
+def _check_filters(value: dict) -> None:
+    from .filters import check_setting  # the stages are the filters module's to name
+    check_setting(value)
+
+
+def _check_metrics_path(value: str) -> None:
+    if value and not value.startswith("/"):
+        raise SettingsError("expected a path starting with '/', or '' for none")
+
+
 def _check_stack_size(value: int) -> None:
     if value % 4096:
         raise SettingsError("expected a multiple of 4096 bytes")
@@ -230,11 +240,14 @@ def _check_stack_size(value: int) -> None:
 
 DEFAULT_SERVICES = [
     "services.control/ControlService",
+    "services.backplane/BackplaneService",
     "services.persister/PersisterService",
     "services.rooms/RoomsService",
     "services.router/RouterService",
     "services.gate/GateService",
     "services.scheduler/SchedulerService",
+    "services.hightemplar/HighTemplarService",
+    "services.amqp/AmqpService",
     "services.listener/ListenerService",
 ]
 
@@ -330,6 +343,14 @@ declare("SNAPSHOT_INTERVAL", 300.0, number(0),
 declare("BACKPLANE", "memory", STR,
         "'memory' (one process) or a redis:// URL to share broadcasts between nodes",
         section="integration", check=_check_backplane)
+declare("BACKPLANE_PREFIX", "lexicons", STR,
+        "prefix of the Redis channel names, so several deployments can share one Redis",
+        section="integration")
+declare("BACKPLANE_QUEUE", 100000, integer(1),
+        "broadcasts waiting to be sent to Redis; past that they are dropped for other nodes",
+        section="integration")
+declare("BACKPLANE_RETRY_MAX", 5.0, number(0.01),
+        "longest delay between two attempts to reach Redis again", section="integration")
 declare("BOOTSTRAP_URL", "", STR,
         "high-templar endpoint: backend URL asked for each client's allowed rooms",
         section="integration")
@@ -337,6 +358,10 @@ declare("BACKEND_TIMEOUT", 5.0, number(0.1), "seconds to wait for the backend's 
         section="integration")
 declare("BACKEND_HEADERS", {}, DICT, "extra headers sent to the backend on bootstrap",
         section="integration")
+declare("TRIGGER_TRUST", ["127.0.0.1", "::1", "10.0.0.0/8", "172.16.0.0/12",
+                         "192.168.0.0/16", "fc00::/7"], STR_LIST,
+        "high-templar endpoint: addresses or networks that may POST /trigger/ ('*': any)",
+        section="integration", live=True)
 declare("IDLE_TIMEOUT", 300.0, number(0),
         "high-templar endpoint: seconds of silence before a connection is closed (0: never)",
         section="integration")
@@ -345,7 +370,20 @@ declare("AMQP_URL", "", STR, "RabbitMQ URL to consume triggers from (empty: off)
 declare("AMQP_EXCHANGE", "hightemplar", STR, "exchange the trigger consumer binds to",
         section="integration")
 declare("FILTERS", {}, DICT,
-        "filter pipelines: {stage: ['module.path/ClassName', ...]}", section="integration")
+        "filter pipelines: {stage: ['module.path/ClassName', ...]}; stages: connect, data, "
+        "message, disconnect, backplane", section="integration", check=_check_filters)
+declare("RATE_LIMIT", 20.0, number(0.001),
+        "lexicons.filters/RateLimit: messages a second each connection may send",
+        section="integration", live=True)
+declare("RATE_LIMIT_BURST", 40, integer(1),
+        "lexicons.filters/RateLimit: messages a connection may send at once after a pause",
+        section="integration", live=True)
+declare("RATE_LIMIT_CLOSE", 100, integer(0),
+        "lexicons.filters/RateLimit: messages dropped within 10 s before the connection is "
+        "closed (1008)", section="integration", live=True)
+declare("METRICS_PATH", "/metrics", STR,
+        "plain HTTP path of the Prometheus metrics ('': not served)", section="integration",
+        check=_check_metrics_path)
 
 
 # --- loaded settings ------------------------------------------------------------------

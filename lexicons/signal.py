@@ -21,7 +21,9 @@ names them (or takes ``**kwargs``):
 ``sv``
     the server: ``sv.publish(channels, name, payload)``,
     ``sv.subscribe(ws, channel)``, ``sv.unsubscribe(ws, channel)``,
-    ``sv.settings``, ``sv.service(name)``.
+    ``sv.settings``, ``sv.service(name)``; cluster events across the nodes of
+    the backplane: ``sv.say(event, data)``, ``sv.subscribe(event, fn)`` (``fn(event,
+    data)``, on the backplane's event thread), ``sv.unsubscribe(event, fn)``.
 
 What ``execute`` returns:
 

@@ -184,6 +184,7 @@ class ListenerService(Service):
         self._wake_w.setblocking(False)
         self._trust: tuple[list[str], TrustList] | None = None
         self.static: StaticFiles | None = None
+        self.metrics: Any = None  # lexicons.metrics.Metrics, when METRICS_PATH is set
         self._switch_interval: float | None = None  # Python's, restored at teardown
 
     # --- registration (other services call these in their setup) ------------------------
@@ -216,6 +217,10 @@ class ListenerService(Service):
             if not os.path.isdir(root):
                 raise ServiceError(f"the static files directory {root} does not exist")
             self.static = StaticFiles(root)
+        if s.METRICS_PATH:
+            from lexicons.metrics import Metrics  # prometheus_client only when served
+            self.metrics = Metrics(self.manager)
+            self.route(s.METRICS_PATH, self._metrics)
         family = socket.AF_INET6 if ":" in s.HOST else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -440,8 +445,10 @@ class ListenerService(Service):
             return
         request = pending.request
         body = bytes(pending.buf[:pending.body_len])
+        address = pending.address
         request = Request(request.method, request.target, request.path, request.query,
-                          request.version, request.headers, body)
+                          request.version, request.headers, body,
+                          address[0] if isinstance(address, tuple) else "")
         route = self.routes.get(request.path, self._static_file)
         self._detach(selector, pending)
         if not self.pool.submit(self._serve_route, route, request, pending.sock, pending.tls):
@@ -579,9 +586,24 @@ class ListenerService(Service):
             return HTTPResponse(200, file.read(), headers, found.content_type)
 
     def _health(self, request: Request) -> HTTPResponse:
+        """Answer 200 when every service is RUNNING and none is hung, else 503 naming them."""
         status = self.manager.status()
         states = {s["name"]: s["state"] for s in status["services"]}
         healthy = all(state == ServiceState.RUNNING.value for state in states.values())
-        body = {"healthy": healthy, "services": states,
+        # running but impaired (the backplane without Redis): shown, still served (200),
+        # since every node would be degraded alike and a balancer must not drop them all
+        degraded = [s["name"] for s in status["services"]
+                    if isinstance(s.get("info"), dict) and s["info"].get("degraded")]
+        body = {"healthy": healthy, "services": states, "degraded": degraded,
                 "connections": len(self.hub) if self.hub else 0}
-        return HTTPResponse(200 if healthy else 503, body)
+        # a hung service is RUNNING by its state: name it too
+        failing = {s["name"]: "hung" if s["hung"] else s["state"] for s in status["services"]
+                   if s["hung"] or s["state"] != ServiceState.RUNNING.value}
+        body["healthy"] = healthy = not failing
+        body["failing"] = failing
+        return HTTPResponse(200 if healthy else 503, body, (("Cache-Control", "no-store"),))
+
+    def _metrics(self, request: Request) -> HTTPResponse:
+        """Answer with every metric of the daemon in the Prometheus text format."""
+        return HTTPResponse(200, self.metrics.render(), (("Cache-Control", "no-store"),),
+                            self.metrics.content_type)

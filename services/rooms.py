@@ -18,9 +18,10 @@ handled (or the hub's flusher does, for broadcasts from other threads). A
 slow member only fills its own buffer.
 
 Cross-node delivery: when the daemon runs a ``backplane`` service, publishing
-goes through ``backplane.publish(channel, message)`` (the encoded text,
+goes through ``backplane.publish_many(channels, message)`` (the encoded text,
 unframed) instead of local delivery; the backplane calls back
-:meth:`RoomsService.deliver_local` on every node with members. This node
+:meth:`RoomsService.deliver` (or :meth:`RoomsService.deliver_local` for one
+channel) on every node with members, once per broadcast. This node
 tells the backplane ``join(channel)`` when it gains its first local member of
 a channel and ``leave(channel)`` when it loses its last.
 """
@@ -30,7 +31,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from lexicons import protocol
+from lexicons import filters, protocol
 from lexicons.channel import ChannelSet
 from lexicons.connection import Connection, State, fan_out
 from lexicons.frames import text_frame
@@ -55,10 +56,13 @@ class RoomsService(Service):
         self._snapshots: dict[str, tuple[Connection, ...]] = {}
 
     def setup(self) -> None:
+        # first: the backplane must be handed the filtered deliver, if the stage has filters
+        filters.for_daemon(self.manager).install_rooms(self)
         self.channels = ChannelSet(self.manager.app.channels)
         if self.manager.has_service("backplane"):
             self.backplane = self.manager.get_service("backplane")
             self.backplane.set_receiver(self.deliver_local)
+            self.backplane.set_many_receiver(self.deliver)
 
     def info(self) -> dict[str, Any]:
         with self._lock:
@@ -134,8 +138,10 @@ class RoomsService(Service):
         message = protocol.broadcast(name, payload).encode("utf-8")
         self.published += 1
         if self.backplane is not None:
-            for channel in channels:
-                self.backplane.publish(channel, message)
+            if len(channels) == 1:
+                self.backplane.publish(channels[0], message)
+            else:  # one broadcast on several channels: a member of several gets it once
+                self.backplane.publish_many(channels, message)
         else:
             self.deliver(channels, message)
 

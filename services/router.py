@@ -27,12 +27,13 @@ import queue
 import threading
 from typing import Any
 
-from lexicons import protocol
+from lexicons import filters, protocol
 from lexicons.channel import Subscribe, Unsubscribe
 from lexicons.connection import Connection
 from lexicons.errors import CallError, NotPermitted, ServiceError
 from lexicons.events import Rejected
 from lexicons.frames import text_frame
+from lexicons.metrics import ERROR, FAILED, OK, CallStats, clock
 from lexicons.protocol import Protocol
 from lexicons.service import Service
 from lexicons.signal import NOTHING, Response, Signal, channel_names
@@ -60,12 +61,32 @@ class Facade:
         self._router.rooms_service().publish(channel_names(channels), name, payload)
 
     def subscribe(self, ws: Connection, channel: Any, check: bool = False) -> None:
-        """Put connection *ws* in *channel* (check=True asks the channel's permit hook)."""
+        """Put connection *ws* in *channel* (check=True asks the channel's permit hook).
+
+        ``subscribe(event, fn)`` (a name and a callable) instead calls ``fn(event, data)``
+        for every cluster event *event* said on any node (see :meth:`say`).
+        """
+        if isinstance(ws, str) and callable(channel):
+            self._backplane().subscribe(ws, channel)
+            return
         self._router.rooms_service().join(ws, str(channel), check=check)
 
     def unsubscribe(self, ws: Connection, channel: Any) -> None:
-        """Take connection *ws* out of *channel*."""
+        """Take connection *ws* out of *channel*; ``unsubscribe(event, fn)`` drops a handler."""
+        if isinstance(ws, str) and callable(channel):
+            self._backplane().unsubscribe(ws, channel)
+            return
         self._router.rooms_service().leave(ws, str(channel))
+
+    def say(self, event: str, data: Any = None) -> None:
+        """Send cluster event *event* with JSON data to its handlers on every node."""
+        self._backplane().say(event, data)
+
+    def _backplane(self) -> Any:
+        manager = self._router.manager
+        if not manager.has_service("backplane"):
+            raise ServiceError("no backplane service runs: cluster events are not possible")
+        return manager.get_service("backplane")
 
     def send(self, ws: Connection, name: str, payload: Any) -> None:
         """Send ``[{name: payload}]`` to connection *ws* alone."""
@@ -90,6 +111,8 @@ class RouterService(Service):
         # statistics: bumped without a lock on the hot path, so approximate under load
         self.calls = 0
         self.failures = 0
+        self.stats = CallStats(())
+        self.filters = filters.Filters()
         self._slots: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._guarded: set[str] = set()  # signals that define their own permit()
 
@@ -109,6 +132,9 @@ class RouterService(Service):
             else:
                 self._guarded.discard(name)
         self.protocol = Protocol(specs)
+        self.stats = CallStats(self.signals)
+        self.filters = filters.for_daemon(self.manager)
+        self.filters.install_handler(self)  # only the stages that have filters
         for slot in range(self.settings.WORKERS):
             self._slots.put(slot)
         if self.manager.has_service("persister"):
@@ -119,7 +145,7 @@ class RouterService(Service):
     def info(self) -> dict[str, Any]:
         return {"signals": sorted(self.signals), "connections": self.connections,
                 "calls": self.calls, "failures": self.failures,
-                "workers": self.settings.WORKERS}
+                "workers": self.settings.WORKERS, "filters": self.filters.info()}
 
     def rooms_service(self) -> Any:
         """Return the rooms service; ServiceError if the daemon runs none."""
@@ -143,20 +169,25 @@ class RouterService(Service):
 
     def on_message(self, conn: Connection, data: str | bytes) -> None:
         """Decode a message and run its calls in order (on the connection's reader thread)."""
+        self.stats.received += 1
         if type(data) is not str:
+            self.stats.rejected += 1
             self._error(conn, ("binary messages are not understood: send JSON text",), None)
             return
         for item in self.protocol.decode(data):
             if type(item) is Rejected:
+                self.stats.rejected += 1
                 self._error(conn, item.errors, item.id)
             else:
                 self.run(conn, item.signal, item.kwargs, item.id)
 
     def run(self, conn: Connection, name: str, kwargs: dict[str, Any], call_id: Any) -> None:
         """Run one checked call and answer it."""
+        started = clock()
         self.calls += 1
         signal = self.signals[name]()
         error: str | None = None
+        outcome = OK
         result = None
         slot = self._slots.get()
         try:
@@ -167,10 +198,12 @@ class RouterService(Service):
             result = signal.execute(**kwargs)
         except CallError as exc:
             error = str(exc) or f"{name} refused"
+            outcome = ERROR
         except Exception:
             self.failures += 1
             self.log.exception("signal %s failed (connection %s)", name, conn.id)
             error = f"{name} failed"
+            outcome = FAILED
         finally:
             self._slots.put(slot)
         if self.db is not None:  # durable before anyone hears of it
@@ -180,10 +213,12 @@ class RouterService(Service):
                 self.failures += 1
                 self.log.exception("commit after %s failed", name)
                 error = f"{name} failed: its changes could not be saved"
+                outcome = FAILED
         if error is not None:
             self._error(conn, (error,), call_id)
-            return
-        self._answer(conn, name, result, call_id)
+        else:
+            self._answer(conn, name, result, call_id)
+        self.stats.record(name, outcome, clock() - started)
 
     def _answer(self, conn: Connection, name: str, result: Any, call_id: Any) -> None:
         reply = result
@@ -210,7 +245,9 @@ class RouterService(Service):
             self.log.error("signal %s: %s", name, exc)
             self._error(conn, (f"{name} failed",), call_id)
             return
+        self.stats.sent += 1
         conn.send_frame(text_frame(text.encode("utf-8")))
 
     def _error(self, conn: Connection, messages: tuple[str, ...], call_id: Any) -> None:
+        self.stats.sent += 1
         conn.send_frame(text_frame(protocol.errors(messages, call_id).encode("utf-8")))

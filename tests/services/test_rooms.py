@@ -247,6 +247,13 @@ class StandInBackplane(Service):
     def set_receiver(self, fn):
         self.receiver = fn
 
+    def set_many_receiver(self, fn):
+        self.many_receiver = fn
+
+    def publish_many(self, channels, message):
+        self.calls.append(("publish", channels, json.loads(message)))
+        self.many_receiver(channels, message)
+
     def join(self, channel):
         self.calls.append(("join", channel))
 

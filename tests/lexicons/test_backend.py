@@ -1,0 +1,143 @@
+"""The backend bootstrap call: forwarded headers, verdicts, failures and time limits."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from lexicons.backend import (
+    Authorization,
+    bootstrap,
+    bootstrap_headers,
+    cookie_value,
+    verdict,
+)
+from tests.support.backend import ROOMS, Backend
+from tests.support.brokers import free_port
+
+
+@pytest.fixture
+def backend():
+    with Backend(slow_delay=3.0) as running:
+        yield running
+
+
+def test_cookie_value():
+    """The csrftoken cookie is found among others, quoted or not."""
+    assert cookie_value("a=1; csrftoken=abc; b=2", "csrftoken") == "abc"
+    assert cookie_value('csrftoken="q"', "csrftoken") == "q"
+    assert cookie_value("xcsrftoken=1; sessionid=2", "csrftoken") is None
+    assert cookie_value("garbage;;=", "csrftoken") is None
+
+
+def test_headers_forwarded():
+    """Cookie, User-Agent, X-Real-IP, X-CSRFToken and the token become bootstrap headers."""
+    headers = bootstrap_headers(
+        {"cookie": "sessionid=s; csrftoken=c", "user-agent": "UA/1", "x-real-ip": "10.1.2.3",
+         "host": "example"},
+        {"token": "T0K"}, {"X-Extra": "1"}, client_address="127.0.0.1")
+    assert headers == {"Accept": "application/json", "Cookie": "sessionid=s; csrftoken=c",
+                       "X-CSRFToken": "c", "User-Agent": "UA/1", "X-Real-IP": "10.1.2.3",
+                       "Authorization": "Token T0K", "X-Extra": "1"}
+
+
+def test_headers_minimal_and_extra_wins():
+    """Absent client headers are not invented (X-Real-IP falls back to the peer address)."""
+    headers = bootstrap_headers({}, {}, {"Authorization": "Bearer fixed"}, "192.0.2.7")
+    assert headers == {"Accept": "application/json", "X-Real-IP": "192.0.2.7",
+                       "Authorization": "Bearer fixed"}
+    assert bootstrap_headers({}, {"token": ""}, {}) == {"Accept": "application/json"}
+
+
+@pytest.mark.parametrize("status, body, expected", [
+    (200, b'{"allowed_rooms": [{"a": 1}]}', Authorization(True, [{"a": 1}])),
+    (200, b'{"allowed_rooms": []}', Authorization(True, [])),
+    (403, b'{"allowed_rooms": []}', Authorization(False, reason="backend answered 403")),
+    (500, b"", Authorization(False, reason="backend answered 500")),
+    (200, b"nope", Authorization(False, reason="backend answer is not JSON")),
+    (200, b"\xff", Authorization(False, reason="backend answer is not JSON")),
+    (200, b"[]", Authorization(False, reason="backend answer has no allowed_rooms")),
+    (200, b'{"user": 1}', Authorization(False, reason="backend answer has no allowed_rooms")),
+    (200, b'{"allowed_rooms": [1]}',
+     Authorization(False, reason="backend's allowed_rooms is not a list of objects")),
+])
+def test_verdict(status, body, expected):
+    """Only a 200 JSON object with allowed_rooms as a list of objects authorizes."""
+    assert verdict(status, body) == expected
+
+
+def test_bootstrap_ok_sends_the_headers(backend):
+    """A 200 answer authorizes with its rooms; the backend saw the forwarded headers."""
+    auth = bootstrap(backend.url("/ok?x=1"), {"Cookie": "csrftoken=c", "X-CSRFToken": "c",
+                                               "Authorization": "Token T"}, 2.0)
+    assert auth == Authorization(True, ROOMS)
+    seen = backend.headers_of()
+    assert seen["cookie"] == "csrftoken=c" and seen["x-csrftoken"] == "c"
+    assert seen["authorization"] == "Token T"
+
+
+@pytest.mark.parametrize("path, reason", [
+    ("/forbidden", "backend answered 403"),
+    ("/garbage", "backend answer is not JSON"),
+    ("/norooms", "backend answer has no allowed_rooms"),
+    ("/badrooms", "backend's allowed_rooms is not a list of objects"),
+    ("/redirect", "backend answered 302"),
+    ("/missing", "backend answered 404"),
+])
+def test_bootstrap_refusals(backend, path, reason):
+    """Every answer but a good 200 refuses the client, saying why."""
+    assert bootstrap(backend.url(path), {}, 2.0) == Authorization(False, reason=reason)
+
+
+def test_bootstrap_too_big(backend):
+    """An answer over 1 MiB is refused rather than read whole."""
+    auth = bootstrap(backend.url("/big"), {}, 5.0)
+    assert not auth.authorized and "longer than" in auth.reason
+
+
+def test_bootstrap_slow_backend_times_out(backend):
+    """A backend that does not answer within the timeout refuses the client in time."""
+    started = time.monotonic()
+    auth = bootstrap(backend.url("/slow"), {}, 0.5)
+    took = time.monotonic() - started
+    assert auth == Authorization(False, reason="backend did not answer within 0.5 s")
+    assert took < 1.5
+
+
+def test_bootstrap_trickling_answer_bounded_in_total(backend):
+    """A backend sending its answer a byte at a time is cut off at the total timeout."""
+    started = time.monotonic()
+    auth = bootstrap(backend.url("/trickle"), {}, 1.0)
+    assert not auth.authorized and "within 1 s" in auth.reason
+    assert time.monotonic() - started < 2.0
+
+
+def test_bootstrap_refused_connection():
+    """A backend that is not running refuses the client, naming the failure."""
+    auth = bootstrap(f"http://127.0.0.1:{free_port()}/bootstrap/", {}, 1.0)
+    assert not auth.authorized and auth.reason.startswith("backend unreachable")
+
+
+def test_bootstrap_bad_url():
+    """A BOOTSTRAP_URL that is not http(s) refuses every client, saying so."""
+    auth = bootstrap("ftp://example/boot", {}, 1.0)
+    assert not auth.authorized and "not an http(s) URL" in auth.reason
+    assert not bootstrap("", {}, 1.0).authorized
+
+
+def test_slow_bootstrap_does_not_hold_others(backend):
+    """Calls run in parallel threads: a slow one does not delay a fast one."""
+    results = {}
+
+    def call(name, path, timeout):
+        results[name] = (bootstrap(backend.url(path), {}, timeout), time.monotonic())
+
+    started = time.monotonic()
+    slow = threading.Thread(target=call, args=("slow", "/slow", 2.0))
+    slow.start()
+    call("fast", "/ok", 2.0)
+    assert results["fast"][0].authorized
+    assert results["fast"][1] - started < 1.0
+    slow.join(5)
+    assert not results["slow"][0].authorized

@@ -1,0 +1,312 @@
+"""The pure high-templar protocol: rooms, permission, every client message, triggers."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lexicons.errors import BadTrigger, ProtocolError
+from lexicons.hightemplar import (
+    Joined,
+    Left,
+    Reply,
+    Session,
+    Status,
+    StatusAsked,
+    Trigger,
+    error,
+    id_json,
+    parse_trigger,
+    permitted,
+    publish_message,
+    publish_payload,
+    refusal,
+    room_key,
+    status_reply,
+    valid_allowed_rooms,
+    welcome,
+)
+
+ALLOWED = [{"target": "message", "customer": "1"}, {"target": "user", "id": "*"}]
+CID = "c0ffee"
+
+
+def session() -> Session:
+    return Session(CID, ALLOWED)
+
+
+def replies(actions) -> list:
+    """Return the replies among *actions*, decoded from JSON where they are JSON."""
+    out = []
+    for action in actions:
+        if isinstance(action, Reply):
+            try:
+                out.append(json.loads(action.text))
+            except ValueError:
+                out.append(action.text)
+    return out
+
+
+def subscribe(s: Session, room, request_id="1"):
+    message = {"type": "subscribe", "room": room}
+    if request_id is not None:
+        message["requestId"] = request_id
+    return s.receive(json.dumps(message))
+
+
+# --- rooms and permission ---------------------------------------------------------------
+
+
+def test_room_identity_ignores_key_order():
+    """Two rooms with the same keys and values are one room whatever their key order."""
+    assert room_key({"a": 1, "b": "x"}) == room_key({"b": "x", "a": 1})
+    assert room_key({"a": 1}) != room_key({"a": "1"})
+    assert room_key({"a": 1}) != room_key({"a": 1, "b": 2})
+
+
+def test_permission_needs_the_same_key_set():
+    """A room with fewer or more keys than every allowed room is not permitted."""
+    assert permitted({"target": "message", "customer": "1"}, ALLOWED)
+    assert not permitted({"target": "message"}, ALLOWED)
+    assert not permitted({"target": "message", "customer": "1", "x": 1}, ALLOWED)
+
+
+def test_permission_values_equal_or_wildcard():
+    """Each value must equal the allowed one, unless the allowed value is "*"."""
+    assert not permitted({"target": "message", "customer": "2"}, ALLOWED)
+    assert permitted({"target": "user", "id": 42}, ALLOWED)
+    assert permitted({"id": "anything", "target": "user"}, ALLOWED)
+    assert not permitted({"target": "*", "customer": "1"}, ALLOWED)  # "*" only on the allowed side
+
+
+def test_permission_keeps_booleans_and_numbers_apart():
+    """true is not 1 and false is not 0 when comparing room values."""
+    assert not permitted({"flag": 1}, [{"flag": True}])
+    assert not permitted({"flag": False}, [{"flag": 0}])
+    assert permitted({"flag": True}, [{"flag": True}])
+    assert permitted({"n": 1.0}, [{"n": 1}])
+
+
+def test_permission_refuses_non_objects():
+    """A room that is not a JSON object is never permitted."""
+    for room in (None, "room", ["target"], 5):
+        assert not permitted(room, ALLOWED)
+
+
+def test_valid_allowed_rooms():
+    """allowed_rooms must be a list of objects."""
+    assert valid_allowed_rooms([]) and valid_allowed_rooms(ALLOWED)
+    for bad in (None, {}, "x", [1], [{"a": 1}, "b"]):
+        assert not valid_allowed_rooms(bad)
+
+
+# --- first message ----------------------------------------------------------------------
+
+
+def test_welcome_and_refusal():
+    """The first message says whether the client is authorized and lists its rooms."""
+    assert json.loads(welcome(ALLOWED)) == {"is_authorized": True, "allowed_rooms": ALLOWED}
+    assert json.loads(refusal()) == {"is_authorized": False}
+
+
+# --- client messages --------------------------------------------------------------------
+
+
+def test_ping_gets_raw_pong():
+    """Raw text ping is answered with raw text pong, not JSON."""
+    assert session().receive("ping") == [Reply("pong")]
+
+
+def test_json_ping_string_is_not_a_ping():
+    """Only the raw text ping is a ping; the JSON string "ping" has no type."""
+    assert replies(session().receive('"ping"')) == [
+        {"requestId": CID, "code": "error", "message": "message-type-not-allowed"}]
+
+
+def test_subscribe_success():
+    """A permitted subscribe joins the room under its requestId and answers success."""
+    s = session()
+    room = {"customer": "1", "target": "message"}
+    actions = subscribe(s, room, "7")
+    assert actions == [Joined(room_key(room), room, "7"), Reply('{"code":"success"}')]
+    assert list(s.subscriptions.values())[0].request_id == "7"
+
+
+def test_subscribe_not_permitted():
+    """A subscribe to a room not allowed answers room-not-found and joins nothing."""
+    s = session()
+    assert replies(subscribe(s, {"target": "message", "customer": "2"})) == [
+        {"code": "error", "message": "room-not-found"}]
+    assert s.subscriptions == {}
+
+
+def test_subscribe_without_room():
+    """A subscribe without a room (or with a room that is not an object) is room-not-found."""
+    s = session()
+    assert replies(s.receive('{"type":"subscribe","requestId":"1"}')) == [
+        {"code": "error", "message": "room-not-found"}]
+    assert replies(subscribe(s, "message")) == [{"code": "error", "message": "room-not-found"}]
+
+
+def test_subscribe_without_request_id():
+    """A subscribe without requestId (or with null) answers no-request-id."""
+    s = session()
+    room = {"target": "message", "customer": "1"}
+    assert replies(subscribe(s, room, None)) == [{"code": "error", "message": "no-request-id"}]
+    assert replies(s.receive(json.dumps({"type": "subscribe", "room": room,
+                                         "requestId": None}))) == [
+        {"code": "error", "message": "no-request-id"}]
+    assert s.subscriptions == {}
+
+
+def test_numeric_request_ids_work_and_differ_from_strings():
+    """A requestId may be any JSON value; 1 and "1" are different subscriptions."""
+    s = session()
+    room = {"target": "message", "customer": "1"}
+    subscribe(s, room, 1)
+    subscribe(s, room, "1")
+    assert len(s.subscriptions) == 2
+    assert replies(s.receive('{"type":"unsubscribe","requestId":1}')) == [{"code": "success"}]
+    assert [sub.request_id for sub in s.subscriptions.values()] == ["1"]
+
+
+def test_two_subscriptions_of_one_room():
+    """The same room under two requestIds is two subscriptions."""
+    s = session()
+    room = {"target": "message", "customer": "1"}
+    subscribe(s, room, "a")
+    subscribe(s, room, "b")
+    assert sorted(sub.request_id for sub in s.subscriptions.values()) == ["a", "b"]
+
+
+def test_resubscribe_same_request_id_moves_it():
+    """Subscribing again under a requestId leaves the old room first."""
+    s = session()
+    first = {"target": "message", "customer": "1"}
+    second = {"target": "user", "id": 3}
+    subscribe(s, first, "x")
+    actions = subscribe(s, second, "x")
+    assert actions[:2] == [Left(room_key(first), "x"), Joined(room_key(second), second, "x")]
+    assert len(s.subscriptions) == 1
+
+
+def test_unsubscribe_success():
+    """Unsubscribe of a known requestId leaves its room and answers success."""
+    s = session()
+    room = {"target": "message", "customer": "1"}
+    subscribe(s, room, "1")
+    actions = s.receive('{"type":"unsubscribe","requestId":"1"}')
+    assert actions == [Left(room_key(room), "1"), Reply('{"code":"success"}')]
+    assert s.subscriptions == {}
+
+
+def test_unsubscribe_unknown_id():
+    """Unsubscribe of an unknown requestId answers not-subscribed."""
+    assert replies(session().receive('{"type":"unsubscribe","requestId":"9"}')) == [
+        {"code": "error", "message": "not-subscribed"}]
+
+
+def test_unsubscribe_without_request_id():
+    """Unsubscribe without requestId answers no-request-id."""
+    assert replies(session().receive('{"type":"unsubscribe"}')) == [
+        {"code": "error", "message": "no-request-id"}]
+
+
+def test_status_is_asked_of_the_driver():
+    """A status message asks the driver for the counters."""
+    assert session().receive('{"type":"status"}') == [StatusAsked()]
+
+
+def test_status_reply_shape():
+    """The status reply carries the connection, room and message counters."""
+    reply = json.loads(status_reply(Status(3, 2, "2024-01-02T03:04:05+00:00", 10, 9, 1)))
+    assert reply == {"open_connections": 3, "num_rooms": 2,
+                     "online_since": "2024-01-02T03:04:05+00:00",
+                     "messages": {"received": 10, "sent": 9, "failed": 1}}
+
+
+@pytest.mark.parametrize("text", ['{"type":"publish","data":1}', '{"type":"nope"}', "{}",
+                                  '{"type":5}', "[1, 2]", "42", "null", '"subscribe"'])
+def test_other_types_are_not_allowed(text):
+    """Any other type (or no type) answers message-type-not-allowed with the connection id."""
+    assert replies(session().receive(text)) == [
+        {"requestId": CID, "code": "error", "message": "message-type-not-allowed"}]
+
+
+@pytest.mark.parametrize("text", ["", "pong", "PING", "ping ", "{", "{'a': 1}", "\x00"])
+def test_non_json_text(text):
+    """Text that is not JSON (and not exactly ping) answers non-json-message."""
+    assert replies(session().receive(text)) == [
+        {"requestId": CID, "code": "error", "message": "non-json-message"}]
+
+
+def test_binary_is_non_json():
+    """A binary message answers non-json-message."""
+    assert replies(session().receive_binary(b"\x01\x02")) == [
+        {"requestId": CID, "code": "error", "message": "non-json-message"}]
+
+
+def test_error_reply_key_order():
+    """Errors naming the connection put requestId first, as high-templar sent them."""
+    assert error("non-json-message", "abc", with_id=True) == (
+        '{"requestId":"abc","code":"error","message":"non-json-message"}')
+    assert error("no-request-id") == '{"code":"error","message":"no-request-id"}'
+
+
+def test_close_leaves_every_room():
+    """Closing a session reports every subscription left and forgets them."""
+    s = session()
+    subscribe(s, {"target": "message", "customer": "1"}, "a")
+    subscribe(s, {"target": "user", "id": 1}, "b")
+    left = s.close()
+    assert sorted(x.request_id for x in left) == ["a", "b"]
+    assert s.subscriptions == {} and s.close() == []
+
+
+# --- publish ----------------------------------------------------------------------------
+
+
+def test_publish_message_shape():
+    """A publish carries type, the data and the subscription's requestId."""
+    text = publish_message({"id": 1, "name": "é"}, "r1")
+    assert json.loads(text) == {"type": "publish", "data": {"id": 1, "name": "é"},
+                                "requestId": "r1"}
+    assert json.loads(publish_message(None, 5)) == {"type": "publish", "data": None,
+                                                    "requestId": 5}
+
+
+def test_publish_payload_splices_encoded_parts():
+    """The fast path splices data encoded once and an id encoded once into valid JSON."""
+    payload = publish_payload(b'[1,{"a":"\\u00e9"}]', id_json("x\"y"))
+    assert json.loads(payload) == {"type": "publish", "data": [1, {"a": "é"}],
+                                   "requestId": 'x"y'}
+
+
+# --- triggers ---------------------------------------------------------------------------
+
+
+def test_trigger_parses():
+    """A trigger body with rooms and data gives both; data may be null."""
+    t = parse_trigger(b'{"rooms":[{"target":"message"}],"data":{"x":1}}')
+    assert t == Trigger([{"target": "message"}], {"x": 1})
+    assert t.data_json == b'{"x":1}'
+    assert parse_trigger('{"rooms":[],"data":null}') == Trigger([], None)
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b"not json", "body is not JSON"),
+    (b"\xff\xfe", "body is not JSON"),
+    (b"", "body is not JSON"),
+    (b"[1]", "body must be a JSON object with rooms and data"),
+    (b'{"data": 1}', "rooms is missing"),
+    (b'{"rooms": []}', "data is missing"),
+    (b"{}", "rooms is missing"),
+    (b'{"rooms": {"a": 1}, "data": 1}', "rooms must be a list of objects"),
+    (b'{"rooms": ["a"], "data": 1}', "rooms must be a list of objects"),
+])
+def test_bad_triggers_name_the_problem(body, reason):
+    """A trigger without rooms or data, or not JSON, is refused with the reason."""
+    with pytest.raises(BadTrigger) as caught:
+        parse_trigger(body)
+    assert str(caught.value) == reason
+    assert isinstance(caught.value, ProtocolError) and isinstance(caught.value, ValueError)
