@@ -13,8 +13,9 @@ Run it in the foreground::
 
     python bench/app.py run --port 5000 [--host 127.0.0.1]
 
-It listens without permessage-deflate and logs to standard error at WARNING;
-any setting can still be changed with ``LEXICONS_<NAME>`` variables.
+It listens without permessage-deflate, sends no pings and logs to standard error at
+WARNING; ``LEXICONS_<NAME>`` variables change any setting (``LEXICONS_CONTROL_SOCKET``
+to reach it with ``lexiconsd status``).
 """
 from __future__ import annotations
 
@@ -49,18 +50,23 @@ class Bench(Channel):
 
 _run_dir = tempfile.mkdtemp(prefix="lexicons-bench-")
 
+#: Defaults of the benchmark runs; a LEXICONS_<NAME> variable replaces any of them.
+DEFAULTS = {
+    "SERVICE_LIST": ["services.control/ControlService", "services.rooms/RoomsService",
+                     "services.router/RouterService", "services.gate/GateService",
+                     "services.listener/ListenerService"],
+    "LOCK_FILE": os.path.join(_run_dir, "bench.pid"),
+    "CONTROL_SOCKET": os.path.join(_run_dir, "bench.sock"),
+    "DATA_DIR": os.path.join(_run_dir, "data"),
+    "LOG_PATH": "-",
+    "LOG_LEVEL": "WARNING",
+    "PING_INTERVAL": 0.0,
+}
+
 server = Server(
     protocol="ws", signals=[Echo, Publish], channels=[Bench],
-    settings={
-        "SERVICE_LIST": ["services.rooms/RoomsService", "services.router/RouterService",
-                         "services.gate/GateService", "services.listener/ListenerService"],
-        "LOCK_FILE": os.path.join(_run_dir, "bench.pid"),
-        "CONTROL_SOCKET": os.path.join(_run_dir, "bench.sock"),
-        "DATA_DIR": os.path.join(_run_dir, "data"),
-        "LOG_PATH": "-",
-        "LOG_LEVEL": "WARNING",
-        "PING_INTERVAL": 0.0,
-    },
+    settings={name: value for name, value in DEFAULTS.items()
+              if "LEXICONS_" + name not in os.environ},
 )
 
 if __name__ == "__main__":

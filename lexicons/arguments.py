@@ -196,7 +196,7 @@ class Arguments:
             if name not in kwargs:
                 problems.append(f"{self.owner}: missing argument {name!r}")
         checks = self.checks
-        out = kwargs if isinstance(kwargs, dict) else dict(kwargs)
+        out = kwargs if type(kwargs) is dict else dict(kwargs)
         for name, value in tuple(kwargs.items()):
             if name in INJECTED:
                 problems.append(f"{self.owner}: argument {name!r} is reserved for the server")

@@ -21,10 +21,16 @@ pong, ping, close) takes the connection's one ``lock``:
 
 * a reply (:meth:`Connection.send_frame`) is written at once with a
   non-blocking ``send`` when nothing is queued; what does not fit is queued.
-* a broadcast (:meth:`Connection.push`) appends the already-framed bytes to
-  the buffer and marks the connection dirty; the :class:`Hub`'s flusher
-  thread joins everything queued for a dirty connection into one ``send``
-  and waits in its selector for writability when the kernel is full.
+* a broadcast (:func:`fan_out`) appends the already-framed bytes to each
+  member's buffer and marks it dirty. Dirty connections are flushed, each
+  one's queued frames joined into one ``send``, by the reader thread that
+  made the broadcast once it has handled everything its last ``recv``
+  brought (so when a publisher's calls arrive faster than they are served,
+  their broadcasts leave together, without any thread hand-off), or by the
+  hub's flusher thread for broadcasts made by other threads.
+* when the kernel takes only part, the connection is marked ``writing`` and
+  from then on only the flusher sends to it, when its selector reports the
+  socket writable. One slow client never holds up the others.
 * when the queued bytes exceed the limit the queue is dropped (keeping a
   partly sent frame, so the stream stays well-formed) and the connection is
   closed with 1008 ``"outbound buffer over N bytes: slow consumer"``. Pongs
@@ -68,6 +74,9 @@ log = logging.getLogger("lexicons.connection")
 
 _MSG_DONTWAIT = socket.MSG_DONTWAIT
 _ids = itertools.count(1)
+#: The hub of each reader thread, by thread id: fan_out made on a reader thread
+#: leaves the sending to that reader, which flushes after its batch.
+_readers: dict[int, Hub] = {}
 
 
 class State(enum.Enum):
@@ -232,7 +241,7 @@ class Connection(Base):
         self.out_bytes = 0
         self.head_partial = False  # out[0] is the rest of a frame partly sent
         self.dirty = False         # waiting in the hub's dirty queue
-        self.writing = False       # registered in the flusher's selector for writability
+        self.writing = False       # the kernel was full: only the flusher sends, on writability
         self.linger = False        # a close frame must go out before the socket closes
         self.deadline = 0.0        # when a CLOSING connection is cut off
         self.busy = False          # the handler is running (a call may take long)
@@ -290,28 +299,37 @@ class Connection(Base):
 
     def _thread(self) -> None:
         """Read, decode and dispatch until the peer or the server ends the connection."""
+        ident = threading.get_ident()
+        hub = self.hub
+        _readers[ident] = hub
         try:
             self.handler.on_open(self)
-            if self._trailing:
+            if self._trailing:  # sent right behind the request head; already decrypted
                 data, self._trailing = self._trailing, b""
-                if not self._receive(data):
+                if not self._receive(data, plain=True):
                     return
             recv = self.raw.recv
             size = self.receive_bytes
+            dirty = hub._dirty
             while True:
                 data = recv(size)
                 if not data or not self._receive(data):
                     break
+                if dirty:  # broadcasts made while handling this batch: send them now
+                    hub.flush_dirty()
         except OSError:
             pass  # reset, or shut down by the flusher: the connection is over either way
         except Exception:
             log.exception("connection %s: reader failed", self.id)
         finally:
+            _readers.pop(ident, None)
+            if hub._dirty:
+                hub.flush_dirty()
             self._finish()
 
-    def _receive(self, data: bytes) -> bool:
+    def _receive(self, data: bytes, plain: bool = False) -> bool:
         """Handle bytes read; False when reading should stop."""
-        if self.tls is not None:
+        if self.tls is not None and not plain:
             with self.lock:
                 data, reply = self.tls.decrypt(data)
                 if reply:
@@ -523,8 +541,10 @@ def fan_out(members: Iterable[Connection], frame: bytes, payload: bytes) -> int:
             last_hub = hub
             if hub not in hubs:
                 hubs.append(hub)
+    mine = _readers.get(threading.get_ident())
     for hub in hubs:
-        hub.wake()
+        if hub is not mine:  # a reader thread flushes its own hub after its batch
+            hub.wake()
     return count
 
 
@@ -532,12 +552,15 @@ class Hub:
     """The open connections of one listener, and the flusher thread that writes for them.
 
     The flusher owns a selector and is the only thread that registers sockets
-    in it or closes them. It wakes on: a connection marked dirty, a socket
-    becoming writable, a connection retired by its reader, and every ``tick``
-    to enforce close deadlines and send pings.
+    in it or closes them. It wakes on: a connection marked dirty by a thread
+    that is not a reader, a connection that needs to wait for writability, a
+    socket becoming writable, a connection retired by its reader, and every
+    ``tick`` to enforce close deadlines and send pings.
     """
 
-    tick = 0.2
+    #: Seconds between the flusher's rounds when nothing wakes it: close deadlines, pings,
+    #: and broadcasts a reader left queued while its signal kept running after publishing.
+    tick = 0.05
 
     def __init__(self, *, outbox_limit: int = 1 << 20, max_message_size: int = 1 << 20,
                  ping_interval: float = 25.0, close_timeout: float = 2.0,
@@ -553,12 +576,16 @@ class Hub:
         self.connections: set[Connection] = set()
         self.opened = 0
         self.slow_consumers = 0
+        self.sends = 0   # send calls of the flusher
+        self.chunks = 0  # frames (or rests of frames) those sends carried
         self._lock = threading.Lock()
         self._dirty: collections.deque[Connection] = collections.deque()
         self._retired: collections.deque[Connection] = collections.deque()
         self._closing: collections.deque[Connection] = collections.deque()
         self._deadlines: dict[Connection, float] = {}
         self._lingering: set[Connection] = set()
+        self._waiting: collections.deque[Connection] = collections.deque()
+        self._registered: set[Connection] = set()  # in the selector (flusher thread only)
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -670,10 +697,14 @@ class Hub:
                     pass
                 self._woken = False
             else:
-                self._flush(key.data, writable=True)
-        dirty = self._dirty
-        while dirty:
-            self._flush(dirty.popleft())
+                self._writable(key.data)
+        waiting = self._waiting
+        while waiting:
+            conn = waiting.popleft()
+            if conn not in self._registered and conn.writing and conn.raw.fileno() >= 0:
+                self._selector.register(conn.raw, selectors.EVENT_WRITE, conn)
+                self._registered.add(conn)
+        self.flush_dirty()
         retired = self._retired
         while retired:
             self._retire(retired.popleft())
@@ -688,15 +719,36 @@ class Hub:
             self._next_ping = now + self.ping_interval
             self._ping_all()
 
-    def _flush(self, conn: Connection, writable: bool = False) -> None:
-        """Write what is queued for *conn* in as few sends as possible."""
+    def flush_dirty(self) -> None:
+        """Send what is queued for every dirty connection (any thread may call this).
+
+        A connection's reader thread calls it after handling what one ``recv``
+        brought, so the broadcasts of all the messages in that batch leave in one
+        send per member; the flusher thread calls it for broadcasts made elsewhere.
+        """
+        dirty = self._dirty
+        while dirty:
+            try:
+                conn = dirty.popleft()
+            except IndexError:
+                return
+            self._send_queued(conn)
+
+    def _send_queued(self, conn: Connection, writable: bool = False) -> bool:
+        """Send everything queued for *conn* in one send; True when nothing is left.
+
+        Any thread may call this. When the kernel takes only part, the rest stays
+        queued, the connection is marked ``writing`` and handed to the flusher,
+        which alone waits for writability (writable=True: the flusher's call).
+        """
         with conn.lock:
             conn.dirty = False
             if conn.writing and not writable:
-                return  # the selector will say when the kernel has room
+                return False  # the flusher waits for writability and sends then
             out = conn.out
             if out:
-                # one send for everything queued (bounded by the outbox limit)
+                self.sends += 1
+                self.chunks += len(out)
                 data = out[0] if len(out) == 1 else b"".join(out)
                 out.clear()
                 try:
@@ -704,42 +756,51 @@ class Hub:
                 except BlockingIOError:
                     sent = 0
                 except OSError:
-                    sent = -1
                     conn._broken_locked()
-                if sent >= 0:
-                    conn.out_bytes -= sent
-                    if sent < len(data):
-                        out.append(data[sent:])
-                        conn.head_partial = conn.head_partial or sent > 0
-                        if not conn.writing:
-                            self._selector.register(conn.raw, selectors.EVENT_WRITE, conn)
-                            conn.writing = True
-                        return
-                    conn.head_partial = False
-            if conn.writing:
+                    conn.writing = False
+                    return True
+                conn.out_bytes -= sent
+                if sent < len(data):
+                    out.append(data[sent:])
+                    conn.head_partial = conn.head_partial or sent > 0
+                    if not conn.writing:
+                        conn.writing = True
+                        self._waiting.append(conn)
+                        self.wake()
+                    return False
+                conn.head_partial = False
+            conn.writing = False
+            return True
+
+    def _writable(self, conn: Connection) -> None:
+        """The selector says *conn* can take more: send, and stop waiting once drained."""
+        if self._send_queued(conn, writable=True):
+            self._unregister(conn)
+            if conn in self._lingering:
+                self._lingering.discard(conn)
+                self._finalize(conn)
+
+    def _unregister(self, conn: Connection) -> None:
+        if conn in self._registered:
+            self._registered.discard(conn)
+            try:
                 self._selector.unregister(conn.raw)
-                conn.writing = False
-        if conn in self._lingering:
-            self._lingering.discard(conn)
-            self._finalize(conn)
+            except (KeyError, ValueError):
+                pass
 
     def _retire(self, conn: Connection) -> None:
         """Close a finished connection's socket, after its close frame went out."""
         if conn.linger and conn.out and time.monotonic() < conn.deadline:
             self._lingering.add(conn)
             self._deadlines.setdefault(conn, conn.deadline)
-            self._flush(conn)
-            return
+            if not self._send_queued(conn, writable=True):
+                return
         self._finalize(conn)
 
     def _finalize(self, conn: Connection) -> None:
+        self._unregister(conn)
         with conn.lock:
-            if conn.writing:
-                try:
-                    self._selector.unregister(conn.raw)
-                except (KeyError, ValueError):
-                    pass
-                conn.writing = False
+            conn.writing = False
             conn.out.clear()
             conn.out_bytes = 0
             try:

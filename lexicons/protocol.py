@@ -124,9 +124,9 @@ class Protocol:
             return [Rejected((f"invalid JSON: {exc.msg} at character {exc.pos}",))]
         except RecursionError:
             return [Rejected(("invalid JSON: nested too deeply",))]
-        if isinstance(message, dict):
+        if type(message) is dict:  # json gives exact dicts and lists
             return [self._call(message, None)]
-        if isinstance(message, list):
+        if type(message) is list:
             if not message:
                 return [Rejected(("empty list: send a call {\"Signal\": {arguments}} "
                                   "or a list of calls",))]
@@ -136,7 +136,7 @@ class Protocol:
 
     def _call(self, item: Any, index: int | None) -> Call | Rejected:
         where = "" if index is None else f"call {index}: "
-        if not isinstance(item, dict):
+        if type(item) is not dict:
             return Rejected((f"{where}a call must be a JSON object "
                              f"{{\"Signal\": {{arguments}}}}, not {json_type(item)}",))
         if len(item) == 1:  # the common case: no id
@@ -159,7 +159,7 @@ class Protocol:
         kwargs = item[name]
         if kwargs is None:
             kwargs = {}
-        elif not isinstance(kwargs, dict):
+        elif type(kwargs) is not dict:
             return Rejected((f"{where}arguments of {name} must be a JSON object, "
                              f"not {json_type(kwargs)}",), call_id)
         kwargs, problems = spec.check(kwargs)

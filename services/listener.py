@@ -283,10 +283,12 @@ class ListenerService(Service):
         return {
             "address": f"{self.settings.HOST}:{self.port}",
             "tls": self.tls_context is not None,
-            "connections": len(hub) if hub else 0,
+            "connections": len(hub) if hub is not None else 0,
             "handshakes": len(self._pending),
             "accepted": self.accepted,
-            "slow_consumers": hub.slow_consumers if hub else 0,
+            "slow_consumers": hub.slow_consumers if hub is not None else 0,
+            "flusher_sends": hub.sends if hub is not None else 0,
+            "flusher_frames": hub.chunks if hub is not None else 0,
             "refused": {str(k): v for k, v in sorted(self.refused.items())},
         }
 
@@ -317,6 +319,9 @@ class ListenerService(Service):
                     self._read(selector, pending)
         while self._inbox:
             sock, data, tls = self._inbox.popleft()
+            if sock.fileno() < 0:
+                continue
+            sock.setblocking(False)  # a failed upgrade may have made it blocking
             pending = _Pending(sock, None, time.monotonic(), tls)
             self._pending[id(pending)] = pending
             selector.register(sock, selectors.EVENT_WRITE, pending)
@@ -379,9 +384,12 @@ class ListenerService(Service):
                 self._body(selector, pending)
         except HTTPError as error:
             self._refuse(selector, pending, error)
-        except ssl.SSLError as exc:
-            self.log.debug("TLS handshake from %s failed: %s", pending.address, exc)
+        except (ssl.SSLError, OSError) as exc:
+            self.log.debug("handshake from %s failed: %s", pending.address, exc)
             self._close(pending, selector)
+        except Exception:  # a bug must cost this client, never the acceptor
+            self.log.exception("handshake from %s failed", pending.address)
+            self._refuse(selector, pending, HTTPError(400, "the request could not be read"))
 
     def _tls_read(self, selector: selectors.BaseSelector, pending: _Pending,
                   data: bytes) -> bytes | None:

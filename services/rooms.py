@@ -11,9 +11,11 @@ membership changed, so fan-out takes no lock.
 A broadcast is encoded once (JSON once) and framed once: server frames are
 not masked, so the same bytes go to every member (a second, compressed frame
 is made once for the members that negotiated permessage-deflate). Each
-member's outbound buffer gets the frame appended; the flusher of the
-connections' hub then writes each one's queue in one ``send``. A slow member
-only fills its own buffer.
+member's outbound buffer gets the frame appended
+(:func:`lexicons.connection.fan_out`); the reader thread that ran the signal
+then writes each member's queue in one ``send`` once its batch of messages is
+handled (or the hub's flusher does, for broadcasts from other threads). A
+slow member only fills its own buffer.
 
 Cross-node delivery: when the daemon runs a ``backplane`` service, publishing
 goes through ``backplane.publish_many(channels, message)`` (the encoded text,

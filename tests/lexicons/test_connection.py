@@ -172,7 +172,7 @@ def test_a_disconnect_storm_does_not_stall_the_server():
                 started = time.monotonic()
                 for n in range(20):
                     assert client.call("Echo", data=n) == n
-                assert time.monotonic() - started < 2.0
+                assert time.monotonic() - started < 3.0  # Python's 5 ms interval: ~10 s
                 running.wait_connections(1, timeout=10)
         finally:
             crowd.stdin.close()

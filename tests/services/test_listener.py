@@ -8,6 +8,7 @@ import time
 import pytest
 
 from lexicons.application import Application
+from lexicons.frames import client_frame
 from lexicons.signal import Signal
 from services.listener import HTTPResponse
 from tests.support.websocket import RawClient, http_exchange, open_fds, serving, upgrade_request
@@ -69,22 +70,26 @@ def test_the_server_still_serves_after_bad_handshakes(server):
         assert client.call("Echo", data="ok") == "ok"
 
 
-def test_slow_loris_handshakes_time_out_without_blocking_others(server):
+def test_slow_loris_handshakes_time_out_without_blocking_others():
     """Clients trickling a request get 408 after HANDSHAKE_TIMEOUT; others connect meanwhile."""
-    slow = []
-    for _ in range(20):
-        sock = socket.create_connection(("127.0.0.1", server.port))
-        sock.sendall(b"GET / HT")
-        slow.append(sock)
-    started = time.monotonic()
-    with server.client() as client:
-        assert client.call("Echo", data=1) == 1
-    assert time.monotonic() - started < 0.5
-    for sock in slow:
-        sock.settimeout(3)
-        data = sock.recv(4096)
-        assert data.startswith(b"HTTP/1.1 408 "), data
-        sock.close()
+    with serving(APP, HANDSHAKE_TIMEOUT=2.0) as running:
+        slow = []
+        for _ in range(40):
+            sock = socket.create_connection(("127.0.0.1", running.port))
+            sock.sendall(b"GET / HT")
+            slow.append(sock)
+        started = time.monotonic()
+        with running.client() as client:
+            assert client.call("Echo", data=1) == 1
+        assert time.monotonic() - started < 1.0  # not held up by the 40 slow ones
+        for sock in slow:
+            sock.sendall(b"T")  # one more byte: trickling does not extend the deadline
+        for sock in slow:
+            sock.settimeout(5)
+            data = sock.recv(4096)
+            assert data.startswith(b"HTTP/1.1 408 "), data
+            sock.close()
+        assert time.monotonic() - started < 4.0
 
 
 def test_refused_handshakes_leave_no_open_descriptor(server):
@@ -153,7 +158,6 @@ def test_first_frame_sent_with_the_handshake_is_not_lost(server):
     """A frame sent right behind the request head (same packet) is handled."""
     frame = RawClient.__new__(RawClient)
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
-    from lexicons.frames import client_frame
     sock.sendall(upgrade() + client_frame(1, b'{"Echo": {"data": "early"}}'))
     data = b""
     while b"\r\n\r\n" not in data:
@@ -186,3 +190,25 @@ def test_tls_connections_work(certificate):
             with context.wrap_socket(plain) as sock:
                 sock.sendall(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
                 assert sock.recv(4096).startswith(b"HTTP/1.1 404 ")
+        with socket.create_connection(("127.0.0.1", running.port)) as plain:
+            with context.wrap_socket(plain) as sock:  # a first frame in the same record
+                sock.settimeout(5)
+                sock.sendall(upgrade() + client_frame(1, b'{"Echo": {"data": "tls"}}'))
+                data = b""
+                while b'"tls"' not in data:
+                    data += sock.recv(4096)
+                assert data.startswith(b"HTTP/1.1 101 ") and data.endswith(b'[{"Echo":"tls"}]')
+
+
+def test_health_is_503_when_a_service_is_not_running():
+    """/health answers 503 and names the state of a service that failed."""
+    from tests.support.services import Flaky
+    with serving(APP, extra=[Flaky]) as running:
+        running.service("flaky").crash(always=True)
+        deadline = time.monotonic() + 5
+        while running.service("flaky").state.value == "RUNNING" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        status, _, body = http_exchange(running.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        report = json.loads(body)
+        assert status == 503 and report["healthy"] is False
+        assert report["services"]["flaky"] in ("BACKOFF", "FATAL", "STARTING")

@@ -24,6 +24,13 @@ class PublishMany(Signal):
         return Response(data, channels=channels, reply="sent", name="News")
 
 
+class Announce(Signal):
+    def execute(self, channel: str, sv):
+        sv.publish(channel, "Announce", "early")
+        time.sleep(2.0)  # keeps working after publishing
+        return "late"
+
+
 class Public(Channel):
     name = "public"
 
@@ -39,7 +46,8 @@ class Vault(Channel):
         return False
 
 
-APP = Application(signals=[Publish, PublishMany], channels=[Public, Room, Vault])
+APP = Application(signals=[Publish, PublishMany, Announce],
+                  channels=[Public, Room, Vault])
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +92,17 @@ def test_broadcasts_reach_exactly_the_subscribers_each_once_in_order(server):
         assert until_end(client) == expected[channels[i % 3]]
     for client in clients:
         client.close()
+
+
+def test_a_broadcast_leaves_while_its_signal_still_runs(server):
+    """sv.publish() inside a long signal reaches subscribers before the signal returns."""
+    with server.client() as subscriber, server.client() as caller:
+        subscriber.subscribe("room:early")
+        started = time.monotonic()
+        caller.send("Announce", channel="room:early")
+        assert subscriber.receive(2) == [{"Announce": "early"}]
+        assert time.monotonic() - started < 1.0  # the signal runs 2 s
+        assert caller.receive(5) == [{"Announce": "late"}]
 
 
 def test_a_connection_in_several_channels_gets_a_broadcast_once(server):
