@@ -155,7 +155,9 @@ class Bootstrap:
     def reload(self) -> dict[str, Any]:
         """Re-read the settings; apply the live ones, report the others as needing a restart."""
         try:
-            fresh = settings_mod.load(self.settings.source)
+            # the same sources as at start: file, environment, in-code overrides, base dir
+            fresh = settings_mod.load(self.settings.source, overrides=self.settings.overrides,
+                                      base_dir=self.settings.base_dir)
         except SettingsError as exc:
             log.error("reload refused: %s", exc)
             raise
@@ -170,7 +172,9 @@ class Bootstrap:
                 applied.append(name)
             else:
                 ignored.append(name)
-        self.settings = old.replace(**live_values)
+        self.settings = settings_mod.Settings({**old.as_dict(), **live_values}, source=old.source,
+                                              extra=fresh.extra, overrides=old.overrides,
+                                              base_dir=old.base_dir)
         if self.manager is not None:
             self.manager.update_settings(self.settings)
         if "LOG_LEVEL" in applied:

@@ -75,6 +75,9 @@ def _run_foreground(settings: settings_mod.Settings) -> int:
 
     try:
         return Bootstrap(settings).run()
+    except SettingsError as exc:
+        print(f"lexiconsd: bad settings: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except LexiconsError as exc:
         print(f"lexiconsd: {exc}", file=sys.stderr)
         return EXIT_FAIL
@@ -102,6 +105,10 @@ def _daemonize(settings: settings_mod.Settings) -> int:
         print("lexiconsd: the daemon exited or did not report ready within "
               f"{settings.START_TIMEOUT:g} s; see {settings.LOG_PATH}", file=sys.stderr)
         return EXIT_FAIL
+    if report.startswith("config "):
+        print(f"lexiconsd: bad settings: {report.removeprefix('config ').strip()}",
+              file=sys.stderr)
+        return EXIT_CONFIG
     print(f"lexiconsd: {report.removeprefix('error ').strip()}", file=sys.stderr)
     return EXIT_FAIL
 
@@ -141,6 +148,8 @@ def _daemon_main(settings: settings_mod.Settings, report_fd: int) -> None:  # pr
             from .bootstrap import Bootstrap
 
             code = Bootstrap(settings).run(ready=lambda: report(f"ok {os.getpid()}"))
+        except SettingsError as exc:
+            report(f"config {exc}")
         except LexiconsError as exc:
             report(f"error {exc}")
         except Exception as exc:

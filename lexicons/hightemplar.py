@@ -215,7 +215,7 @@ class Session:
             return [Reply(PONG)]
         try:
             message = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             return [Reply(error(NON_JSON, self.connection_id, with_id=True))]
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "subscribe":
@@ -283,7 +283,7 @@ def parse_trigger(body: bytes | str) -> Trigger:
     """Return the trigger in *body*; BadTrigger says what is wrong with it."""
     try:
         message = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadTrigger("body is not JSON") from None
     if not isinstance(message, dict):
         raise BadTrigger("body must be a JSON object with rooms and data")

@@ -34,7 +34,7 @@ from typing import Any
 
 from . import application
 from .application import Application
-from .errors import ServiceError
+from .errors import ServiceError, SettingsError
 from .service import ACTIVE_STATES, Service, ServiceState
 from .settings import Settings
 
@@ -156,6 +156,8 @@ class ServiceManager:
                 for done in reversed(started):
                     self._stop_one(done)
                     self._teardown(done)
+                if isinstance(exc, SettingsError):
+                    raise  # a bad setting found by a service: the caller reports it as such
                 raise ServiceError(f"service {service.name} failed to start: "
                                    f"{type(exc).__name__}: {exc}") from exc
             with self._lock:

@@ -63,14 +63,17 @@ def _default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} cannot be sent as JSON")
 
 
-_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_default)
+# allow_nan=False: NaN and Infinity are not JSON; a browser's JSON.parse throws on them
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_default,
+                            allow_nan=False)
 # The C encoder and scanner called directly skip about a microsecond of Python
 # set-up per message each (json.dumps builds a new C encoder on every call).
 # No circular-reference markers: a cyclic payload ends in RecursionError.
 _c_encode = (json.encoder.c_make_encoder(None, _default, json.encoder.c_encode_basestring,
-                                         None, ":", ",", False, False, True)
+                                         None, ":", ",", False, False, False)
              if json.encoder.c_make_encoder is not None else None)
 _scan = json.scanner.make_scanner(json.JSONDecoder())
+_INFINITIES = (float("inf"), float("-inf"))
 
 
 def encode_json(value: Any) -> str:
@@ -144,9 +147,11 @@ class Protocol:
             (name,) = item
         else:
             call_id = item.get(ID)
-            if call_id is not None and (type(call_id) not in (str, int, float)):
+            if call_id is not None and (type(call_id) not in (str, int, float)
+                                        or call_id != call_id or call_id in _INFINITIES):
+                what = json_type(call_id) if call_id == call_id else "NaN"
                 return Rejected((f"{where}the call id {ID!r} must be a string or a number, "
-                                 f"not {json_type(call_id)}",))
+                                 f"not {what}",))
             names = [key for key in item if key != ID]
             if len(names) != 1:
                 found = ", ".join(repr(n) for n in names[:5]) or "none"

@@ -238,6 +238,27 @@ def _check_stack_size(value: int) -> None:
         raise SettingsError("expected a multiple of 4096 bytes")
 
 
+
+def _check_trust(value: list[str]) -> None:
+    from .trust import TrustList  # stdlib only (ipaddress)
+
+    try:
+        TrustList(value)
+    except SettingsError as exc:  # the caller names the setting itself
+        raise SettingsError(str(exc).removeprefix("TRUST: ")) from None
+
+
+def _check_http_url(value: str) -> None:
+    if value and not value.startswith(("http://", "https://")):
+        raise SettingsError("expected an http:// or https:// URL (or empty: off)")
+
+
+def _check_headers(value: dict) -> None:
+    for name, text in value.items():
+        if not isinstance(name, str) or not isinstance(text, str):
+            raise SettingsError(f"header {name!r}: names and values must be strings")
+
+
 DEFAULT_SERVICES = [
     "services.control/ControlService",
     "services.backplane/BackplaneService",
@@ -285,7 +306,7 @@ declare("PORT", 5000, integer(0, 65535), "TCP port to listen on (0: any free por
         section="network")
 declare("TRUST", ["*"], STR_LIST,
         "client addresses or networks allowed to connect; '*' allows any", section="network",
-        live=True)
+        live=True, check=_check_trust)
 declare("TLS_CERT", "", PATH, "TLS certificate chain (PEM); TLS is on when set with TLS_KEY",
         section="network")
 declare("TLS_KEY", "", PATH, "TLS private key (PEM)", section="network")
@@ -353,15 +374,15 @@ declare("BACKPLANE_RETRY_MAX", 5.0, number(0.01),
         "longest delay between two attempts to reach Redis again", section="integration")
 declare("BOOTSTRAP_URL", "", STR,
         "high-templar endpoint: backend URL asked for each client's allowed rooms",
-        section="integration")
+        section="integration", check=_check_http_url)
 declare("BACKEND_TIMEOUT", 5.0, number(0.1), "seconds to wait for the backend's answer",
         section="integration")
 declare("BACKEND_HEADERS", {}, DICT, "extra headers sent to the backend on bootstrap",
-        section="integration")
+        section="integration", check=_check_headers)
 declare("TRIGGER_TRUST", ["127.0.0.1", "::1", "10.0.0.0/8", "172.16.0.0/12",
                          "192.168.0.0/16", "fc00::/7"], STR_LIST,
         "high-templar endpoint: addresses or networks that may POST /trigger/ ('*': any)",
-        section="integration", live=True)
+        section="integration", live=True, check=_check_trust)
 declare("IDLE_TIMEOUT", 300.0, number(0),
         "high-templar endpoint: seconds of silence before a connection is closed (0: never)",
         section="integration")
@@ -393,10 +414,14 @@ class Settings:
     """A validated, read-only set of setting values, read as attributes."""
 
     def __init__(self, values: Mapping[str, Any], *, source: str | None = None,
-                 extra: Mapping[str, Any] | None = None):
+                 extra: Mapping[str, Any] | None = None,
+                 overrides: Mapping[str, Any] | None = None, base_dir: str | None = None):
         object.__setattr__(self, "_values", dict(values))
         object.__setattr__(self, "source", source)
         object.__setattr__(self, "extra", dict(extra or {}))
+        # what load() was given besides the file, so that a reload reads the same sources
+        object.__setattr__(self, "overrides", dict(overrides or {}))
+        object.__setattr__(self, "base_dir", base_dir)
 
     def __getattr__(self, name: str) -> Any:
         values = object.__getattribute__(self, "_values")
@@ -426,7 +451,8 @@ class Settings:
         values = dict(self._values)
         for name, value in changes.items():
             values[name] = _validate(name, value, f"override {name}")
-        return Settings(values, source=self.source, extra=self.extra)
+        return Settings(values, source=self.source, extra=self.extra,
+                        overrides={**self.overrides, **changes}, base_dir=self.base_dir)
 
 
 def _validate(name: str, value: Any, where: str) -> Any:
@@ -488,7 +514,7 @@ def load(path: str | None = None, *, env: Mapping[str, str] | None = None,
     for name, setting in DECLARED.items():
         if setting.kind is PATH and values[name] and values[name] != "-":
             values[name] = os.path.join(base_dir, os.path.expanduser(values[name]))
-    return Settings(values, source=path, extra=extra)
+    return Settings(values, source=path, extra=extra, overrides=overrides, base_dir=base_dir)
 
 
 def reference_table(section: str | None = None) -> str:

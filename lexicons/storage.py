@@ -48,6 +48,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 from typing import Any
 
@@ -140,7 +141,9 @@ def write_table(path: str, schema: Schema, pks: Any, cols: dict[str, Any]) -> No
     header = ",".join(("pk",) + schema.names) + "\r\n"
     table = _arrow_table(schema, pks, cols) if len(pks) else None
     try:
-        with open(tmp, "wb") as handle:
+        # 0600: tables may hold password hashes; only the daemon's user reads them
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "wb") as handle:
             handle.write(header.encode("utf-8"))
             if table is not None:
                 style = "needed" if _needs_quotes(table) else "none"
@@ -428,6 +431,9 @@ class Storage:
         self.last_snapshot: float | None = None
         self.last_snapshot_seconds: float | None = None
         self.replayed = 0
+        # one snapshot at a time: the periodic one and the control command share the
+        # temporary files and the list of journal generations
+        self._snapshot_lock = threading.Lock()
 
     def table_path(self, table: Table | str) -> str:
         name = table if isinstance(table, str) else table.name
@@ -528,6 +534,11 @@ class Storage:
 
     def snapshot(self, everything: bool = False) -> list[str]:
         """Write every changed table (or all) and cut the journal; return the tables written."""
+        with self._snapshot_lock:
+            return self._snapshot(everything)
+
+    def _snapshot(self, everything: bool) -> list[str]:
+        """Do the work of snapshot(); needs self._snapshot_lock held."""
         started = time.monotonic()
         db = self.db
         with db.lock:

@@ -41,7 +41,7 @@ from typing import Any, Protocol
 
 from lexicons import http
 from lexicons.connection import TLS, Connection, Handler, Hub, Peer
-from lexicons.errors import ServiceError
+from lexicons.errors import ServiceError, SettingsError
 from lexicons.events import Request
 from lexicons.http import HTTPError
 from lexicons.pool import Pool
@@ -203,12 +203,12 @@ class ListenerService(Service):
         s = self.settings
         if s.TLS_CERT or s.TLS_KEY:
             if not (s.TLS_CERT and s.TLS_KEY):
-                raise ServiceError("TLS needs both TLS_CERT and TLS_KEY")
+                raise SettingsError("TLS needs both TLS_CERT and TLS_KEY")
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             try:
                 context.load_cert_chain(s.TLS_CERT, s.TLS_KEY)
             except (OSError, ssl.SSLError) as exc:
-                raise ServiceError(f"cannot load TLS_CERT/TLS_KEY: {exc}") from exc
+                raise SettingsError(f"cannot load TLS_CERT/TLS_KEY: {exc}") from exc
             self.tls_context = context
         if "/" not in self.websockets and self.manager.has_service("gate"):
             self.websockets["/"] = self.manager.get_service("gate")

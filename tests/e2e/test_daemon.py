@@ -212,3 +212,18 @@ def test_cli_loads_no_threads_before_daemonizing():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, timeout=30)
     assert done.stdout.strip() == "[] 1", done.stderr
+
+
+@pytest.mark.parametrize("env, words", [
+    ({"LEXICONS_TRUST": "1.2.3.4/99"}, "TRUST"),
+    ({"LEXICONS_BOOTSTRAP_URL": "ftp:/x"}, "BOOTSTRAP_URL"),
+    ({"LEXICONS_TLS_CERT": "/nonexistent/cert.pem", "LEXICONS_TLS_KEY": "/nonexistent/k.pem"},
+     "TLS"),
+])
+def test_settings_refused_by_a_service_exit_6(workdir, env, words):
+    """A setting found bad while the services start is reported as bad settings (exit 6)."""
+    write_settings_file(workdir, LOCK_FILE="run/lexiconsd.pid", PORT=0,
+                        CONTROL_SOCKET="run/lexiconsd.sock", LOG_PATH="lexiconsd.log")
+    done = lexiconsd("start", cwd=workdir, env=env)
+    assert done.returncode == 6, (done.stdout, done.stderr)
+    assert words in done.stderr and "bad settings" in done.stderr

@@ -173,3 +173,22 @@ def test_embedded_in_a_host_program(tmp_path):
     assert json.loads(lines[0]) == ["RUNNING", "RUNNING"]
     assert lines[1] == "host program still running after stop"
     assert not (tmp_path / "lexiconsd.pid").exists()
+
+
+def test_reload_keeps_in_code_overrides_and_base_dir(tmp_path, monkeypatch):
+    """A reload reads the same sources as the start: overrides and relative paths survive."""
+    from lexicons import settings as settings_mod
+
+    path = tmp_path / "settings.py"
+    path.write_text("LOG_LEVEL = 'INFO'\nLOCK_FILE = 'l.pid'\nCONTROL_SOCKET = 'c.sock'\n"
+                    "LOG_PATH = 'l.log'\n")
+    settings = settings_mod.load(str(path), env={}, base_dir=str(tmp_path),
+                                 overrides={"TRUST": ["10.0.0.0/8"]})
+    monkeypatch.chdir("/")  # as a daemon does
+    with Bootstrap(settings, Application()) as daemon:
+        path.write_text(path.read_text().replace("'INFO'", "'DEBUG'"))
+        assert daemon.reload() == {"applied": ["LOG_LEVEL"], "restart_needed": []}
+        assert daemon.manager.settings.TRUST == ["10.0.0.0/8"]
+        path.write_text(path.read_text().replace("'DEBUG'", "'WARNING'"))
+        assert daemon.reload()["applied"] == ["LOG_LEVEL"]
+        assert daemon.manager.settings.LOG_LEVEL == "WARNING"

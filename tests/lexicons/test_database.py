@@ -326,9 +326,15 @@ def test_substring_on_a_large_column(db):
 
 
 def test_commit_without_journal_is_a_no_op(db):
-    """commit() returns at once when no journal is attached."""
-    db.create(Team, name="x")
-    db.commit()
+    """commit() returns at once when no journal is attached, and the write stands."""
+    import time
+
+    team = db.create(Team, name="x")
+    assert db.journal is None
+    started = time.monotonic()
+    assert db.commit() is None
+    assert time.monotonic() - started < 0.5
+    assert db.get(Team, team.pk).name == "x"
 
 
 def test_threads_lose_no_write_and_create_once(db):

@@ -310,3 +310,17 @@ def test_bad_triggers_name_the_problem(body, reason):
         parse_trigger(body)
     assert str(caught.value) == reason
     assert isinstance(caught.value, ProtocolError) and isinstance(caught.value, ValueError)
+
+
+def test_deeply_nested_json_is_non_json():
+    """JSON nested too deeply for the parser is answered as non-json, never a crash."""
+    from lexicons import hightemplar as ht_mod
+    from lexicons.errors import BadTrigger as _BadTrigger
+
+    session = ht_mod.Session("conn-1", allowed_rooms=[])
+    (action,) = session.receive("[" * 100000)
+    assert "non-json-message" in action.text
+    import pytest as _pytest
+
+    with _pytest.raises(_BadTrigger, match="not JSON"):
+        ht_mod.parse_trigger("[" * 100000)

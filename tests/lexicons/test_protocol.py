@@ -116,3 +116,16 @@ def test_a_value_that_cannot_be_sent_raises_type_error():
     """An object JSON cannot carry is a TypeError naming its type."""
     with pytest.raises(TypeError, match="object cannot be sent as JSON"):
         protocol.reply("X", object())
+
+
+def test_non_finite_call_id_and_payload_are_refused():
+    """NaN/Infinity are not JSON: refused as call ids and never written to a client."""
+    import pytest as _pytest
+
+    from lexicons import protocol as proto
+
+    decoded = proto.Protocol({}).decode('{"Echo": {}, "#": NaN}')
+    assert decoded[0].errors == ("the call id '#' must be a string or a number, not NaN",)
+    assert decoded[0].id is None
+    with _pytest.raises(ValueError):
+        proto.reply("Echo", float("nan"), 1)

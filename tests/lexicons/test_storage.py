@@ -303,3 +303,45 @@ def test_plain_and_quoted_files_round_trip_every_float(tmp_path):
             assert struct.pack("<d", got.value) == struct.pack("<d", row.value)
             assert (got.label, got.count, got.ok, got.note, got.tags) == (
                 row.label, row.count, row.ok, row.note, row.tags)
+
+
+def test_concurrent_snapshots_are_serialised_and_files_private(tmp_path):
+    """Snapshots from several threads under writes never collide; tables are mode 0600."""
+    import stat
+    import threading
+
+    db, storage = fresh(str(tmp_path))
+    storage.open()
+    fill(db)
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def writer() -> None:  # bounded: the test must end by itself whatever the speed
+        for n in range(2000):
+            if stop.is_set():
+                return
+            db.create(Club, name=f"c{n}")
+
+    def snapshotter() -> None:
+        try:
+            for _ in range(10):
+                storage.snapshot(everything=True)
+        except BaseException as exc:  # collected: the test asserts there were none
+            failures.append(exc)
+
+    threads = [threading.Thread(target=writer)] + [
+        threading.Thread(target=snapshotter) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads[1:]:
+        t.join(60)
+    stop.set()
+    threads[0].join(10)
+    assert failures == []
+    storage.snapshot()
+    storage.close()
+    count = db.count(Club)
+    db2, storage2 = fresh(str(tmp_path))
+    assert db2.count(Club) == count
+    storage2.close()
+    assert stat.S_IMODE(os.stat(tmp_path / "Club.csv").st_mode) == 0o600
