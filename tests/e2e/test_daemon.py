@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.support.daemon import lexiconsd, wait_for, write_settings_file
+from tests.support.daemon import kill_leftover_daemon, lexiconsd, wait_for, write_settings_file
 
 SERVICES = ["services.control/ControlService", "tests.support.services/Counter",
             "tests.support.services/Flaky"]
@@ -18,14 +18,7 @@ def workdir(tmp_path):
                         CONTROL_SOCKET="run/lexiconsd.sock", LOG_PATH="lexiconsd.log",
                         RESTART_BACKOFF=0.05)
     yield tmp_path
-    pid_file = tmp_path / "run" / "lexiconsd.pid"
-    if pid_file.exists():  # never leave a daemon behind, whatever the test did
-        text = pid_file.read_text().strip()
-        if text.isdigit():
-            try:
-                os.kill(int(text), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    kill_leftover_daemon(tmp_path)  # never leave a daemon behind
 
 
 def status_json(workdir):

@@ -1,7 +1,5 @@
 """lexiconsd as a user runs it: /health and /metrics of the real daemon, FILTERS at start-up."""
 import json
-import os
-import signal
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -9,7 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from lexicons import control
 from lexicons.client import Client
 from lexicons.errors import CallFailed
-from tests.support.daemon import lexiconsd, wait_for, write_settings_file
+from tests.support.daemon import kill_leftover_daemon, lexiconsd, wait_for, write_settings_file
 from tests.support.websocket import http_exchange
 
 SERVICES = ["services.control/ControlService", "tests.support.services/Flaky",
@@ -24,14 +22,7 @@ COMMON = {"SERVICE_LIST": SERVICES, "LOCK_FILE": "run/lexiconsd.pid",
 @pytest.fixture
 def workdir(tmp_path):
     yield tmp_path
-    pid_file = tmp_path / "run" / "lexiconsd.pid"
-    if pid_file.exists():  # never leave a daemon behind, whatever the test did
-        text = pid_file.read_text().strip()
-        if text.isdigit():
-            try:
-                os.kill(int(text), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    kill_leftover_daemon(tmp_path)  # never leave a daemon behind
 
 
 def port_of(workdir):

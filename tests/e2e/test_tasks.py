@@ -1,12 +1,10 @@
 """lexiconsd with an application's tasks: startup before serving, interval, shutdown at stop."""
 import json
-import os
-import signal
 import textwrap
 
 import pytest
 
-from tests.support.daemon import lexiconsd, wait_for, write_settings_file
+from tests.support.daemon import kill_leftover_daemon, lexiconsd, wait_for, write_settings_file
 
 APP = '''
 import pathlib
@@ -51,14 +49,7 @@ def prepare(workdir, fail=False):
 @pytest.fixture
 def workdir(tmp_path):
     yield tmp_path
-    pid_file = tmp_path / "run" / "lexiconsd.pid"
-    if pid_file.exists():  # never leave a daemon behind, whatever the test did
-        text = pid_file.read_text().strip()
-        if text.isdigit():
-            try:
-                os.kill(int(text), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    kill_leftover_daemon(tmp_path)  # never leave a daemon behind
 
 
 def tasks_status(workdir):

@@ -61,3 +61,18 @@ def lexiconsd(*args: str, cwd: Path, env: dict[str, str] | None = None,
     full_env.update(env or {})
     return subprocess.run([*LEXICONSD, *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def kill_leftover_daemon(directory: Path) -> None:
+    """Kill a daemon a test left running in *directory* (its lock file names it)."""
+    import signal
+
+    pid_file = directory / "run" / "lexiconsd.pid"
+    if not pid_file.exists():
+        return
+    text = pid_file.read_text().strip()
+    if text.isdigit():
+        try:
+            os.kill(int(text), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
