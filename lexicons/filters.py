@@ -61,7 +61,6 @@ broadcast, whichever endpoint its members came from.
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
@@ -70,6 +69,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import frames, protocol
+from .entries import import_entry
 from .errors import CallError, ServiceError, SettingsError
 from .events import Call
 
@@ -147,18 +147,7 @@ def check_setting(value: dict[str, Any]) -> None:
 
 def import_filter(entry: str) -> type[Filter]:
     """Return the Filter class named by ``'module.path/ClassName'`` (ServiceError if none)."""
-    module_name, _, class_name = entry.partition("/")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # user code: any failure to import is reported by name
-        raise ServiceError(f"FILTERS: cannot import {module_name!r} (from {entry!r}): "
-                           f"{type(exc).__name__}: {exc}") from exc
-    cls = getattr(module, class_name, None)
-    if cls is None:
-        raise ServiceError(f"FILTERS: module {module_name!r} has no class {class_name!r}")
-    if not (isinstance(cls, type) and issubclass(cls, Filter)):
-        raise ServiceError(f"FILTERS: {entry!r} is not a lexicons.filters.Filter subclass")
-    return cls
+    return import_entry(entry, Filter, "FILTERS")
 
 
 class Filters:

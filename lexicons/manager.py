@@ -24,7 +24,6 @@ supervisor, ``restart()`` and ``stop()`` never race each other.
 from __future__ import annotations
 
 import collections
-import importlib
 import logging
 import os
 import threading
@@ -34,6 +33,7 @@ from typing import Any
 
 from . import application
 from .application import Application
+from .entries import import_entry
 from .errors import ServiceError, SettingsError
 from .service import ACTIVE_STATES, Service, ServiceState
 from .settings import Settings
@@ -44,19 +44,8 @@ S = ServiceState
 
 
 def import_service(entry: str) -> type[Service]:
-    """Return the class named by a ``'module.path/ClassName'`` entry."""
-    module_name, _, class_name = entry.partition("/")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ServiceError(f"SERVICE_LIST: cannot import {module_name!r} "
-                           f"(from {entry!r}): {exc}") from exc
-    cls = getattr(module, class_name, None)
-    if cls is None:
-        raise ServiceError(f"SERVICE_LIST: module {module_name!r} has no class {class_name!r}")
-    if not (isinstance(cls, type) and issubclass(cls, Service)):
-        raise ServiceError(f"SERVICE_LIST: {entry!r} is not a Service subclass")
-    return cls
+    """Return the Service class named by a ``'module.path/ClassName'`` entry."""
+    return import_entry(entry, Service, "SERVICE_LIST")
 
 
 class _Record:

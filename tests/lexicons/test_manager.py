@@ -65,7 +65,7 @@ def test_get_service_by_name(started):
 @pytest.mark.parametrize("entry, words", [
     ("no.such.module/X", ["cannot import", "no.such.module"]),
     ("tests.support.services/Missing", ["no class", "Missing"]),
-    ("tests.support.daemon/make_settings", ["not a Service"]),
+    ("tests.support.daemon/make_settings", ["is not a", "Service subclass"]),
 ])
 def test_unknown_service_path_is_named(tmp_path, entry, words):
     """An entry that names no service class stops start-up with its name."""
