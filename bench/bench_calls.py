@@ -95,22 +95,14 @@ def main(argv: list[str] | None = None) -> str:
     harness.build_loadgen()
     subject, peer = harness.pick_servers(p)
     rows, raw = metrics(), []
-    servers: dict[str, Server] = {}
-    try:
-        for which, spec in (("subject", subject), ("peer", peer)):
-            if spec is not None:
-                servers[which] = Server(spec)
-                servers[which].start()
-        for r in range(p.rounds):
-            for which in harness.order(r, list(servers)):
-                harness.settle(list(servers.values()))
-                rep = measure(servers[which], p)
-                record(rows, which, rep)
-                raw.append({"round": r, "server": servers[which].spec.name, **rep})
-                print(f"round {r + 1} {describe(servers[which].spec.name, rep)}", flush=True)
-    finally:
-        for server in servers.values():
-            server.stop()
+
+    def on_report(which: str, server: Server, r: int, rep: dict[str, Any]) -> None:
+        record(rows, which, rep)
+        raw.append({"round": r, "server": server.spec.name, **rep})
+        print(f"round {r + 1} {describe(server.spec.name, rep)}", flush=True)
+
+    harness.alternate_rounds(subject, peer, p.rounds, lambda server: measure(server, p),
+                             on_report)
     harness.dump_json(p.json, raw)
     title = (f"calls: {p.clients} clients, Echo round trips, {p.duration:g} s after "
              f"{p.warmup:g} s warm-up; median of {p.rounds}")

@@ -124,24 +124,15 @@ def main(argv: list[str] | None = None) -> str:
     harness.raise_nofile(p.subscribers + 64)
     harness.build_loadgen()
     subject, peer = harness.pick_servers(p)
-    specs = {"subject": subject, "peer": peer}
     rows, raw = metrics(), []
-    servers: dict[str, Server] = {}
-    try:
-        for which, spec in specs.items():
-            if spec is not None:
-                servers[which] = Server(spec)
-                servers[which].start()
-        for r in range(p.rounds):
-            for which in harness.order(r, list(servers)):
-                harness.settle(list(servers.values()))
-                rep = measure(servers[which], p)
-                record(rows, which, rep)
-                raw.append({"round": r, "server": servers[which].spec.name, **rep})
-                print(f"round {r + 1} {describe(servers[which].spec.name, rep)}", flush=True)
-    finally:
-        for server in servers.values():
-            server.stop()
+
+    def on_report(which: str, server: Server, r: int, rep: dict[str, Any]) -> None:
+        record(rows, which, rep)
+        raw.append({"round": r, "server": server.spec.name, **rep})
+        print(f"round {r + 1} {describe(server.spec.name, rep)}", flush=True)
+
+    harness.alternate_rounds(subject, peer, p.rounds, lambda server: measure(server, p),
+                             on_report)
     harness.dump_json(p.json, raw)
     title = (f"fan-out: {p.subscribers} subscribers, {p.msgs} broadcasts, window {p.window}; "
              f"latency at {p.rate:g} broadcasts/s for {p.secs:g} s; median of {p.rounds}")

@@ -566,6 +566,25 @@ def pick_servers(args: Any) -> tuple[ServerSpec | None, ServerSpec]:
     return subject, peer
 
 
+
+def alternate_rounds(subject: ServerSpec | None, peer: ServerSpec, rounds: int,
+                     measure: Callable[[Server], dict[str, Any]],
+                     on_report: Callable[[str, Server, int, dict[str, Any]], None]) -> None:
+    """Start both servers, measure them in alternating order each round, always stop them."""
+    servers: dict[str, Server] = {}
+    try:
+        for which, spec in (("subject", subject), ("peer", peer)):
+            if spec is not None:
+                servers[which] = Server(spec)
+                servers[which].start()
+        for r in range(rounds):
+            for which in order(r, list(servers)):
+                settle(list(servers.values()))
+                on_report(which, servers[which], r, measure(servers[which]))
+    finally:
+        for server in servers.values():
+            server.stop()
+
 def column(spec: ServerSpec | None, name: str) -> str:
     """Return a server's column title (marked when it could not run)."""
     return spec.name if spec is not None else f"{name} (not run)"
