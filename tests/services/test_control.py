@@ -123,7 +123,8 @@ def test_socket_is_owner_only(daemon):
     path = daemon.settings.CONTROL_SOCKET
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     if os.getuid() != 0:
-        pytest.skip("trying the socket as another user needs root to switch users (CI runs as root)")
+        pytest.skip("trying the socket as another user needs root to switch users "
+                    "(CI runs as root)")
     os.chmod(os.path.dirname(path), 0o755)
     read_fd, write_fd = os.pipe()
     pid = os.fork()
