@@ -97,26 +97,15 @@ def main(argv: list[str] | None = None) -> str:
     harness.raise_nofile(p.clients + 64)
     gens = harness.generators(p)
     subject, peer = harness.pick_servers(p)
-    rows, raw = {g: metrics() for g in gens}, []
+    rows = harness.run_rounds(subject, peer, p, gens, measure, metrics, record, describe)
 
-    def on_report(which: str, server: Server, r: int, gen: str, rep: dict[str, Any]) -> None:
-        record(rows[gen], which, rep)
-        raw.append({"round": r, "server": server.spec.name, "generator": gen, **rep})
-        print(f"round {r + 1} [{gen}] {describe(server.spec.name, rep)}", flush=True)
-
-    harness.alternate_rounds(subject, peer, p.rounds,
-                             lambda server, gen: measure(server, gen, p), on_report, gens)
-    harness.dump_json(p.json, raw)
-    tables = []
-    for gen in gens:
+    def title(gen: str) -> str:
         payload = f", {p.py_payload} payloads" if gen == "py" else ""
-        title = (f"calls [{harness.GENERATORS[gen]}]: {p.clients} clients, Echo round trips"
-                 f"{payload}, {p.duration:g} s after {p.warmup:g} s warm-up; "
-                 f"median of {p.rounds}")
-        tables.append(harness.print_table(title, harness.column(subject, p.subject),
-                                          peer.name, rows[gen]))
-    return "\n".join(tables)
+        return (f"calls [{harness.GENERATORS[gen]}]: {p.clients} clients, Echo round trips"
+                f"{payload}, {p.duration:g} s after {p.warmup:g} s warm-up; "
+                f"median of {p.rounds}")
 
+    return harness.print_tables(gens, title, subject, peer, p, rows)
 
 if __name__ == "__main__":
     main()

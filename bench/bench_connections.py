@@ -153,15 +153,13 @@ def main(argv: list[str] | None = None) -> str:
                 raw.append({"round": r, **rep})
                 print(f"round {r + 1} [{gen}] {describe(rep)}", flush=True)
     harness.dump_json(p.json, raw)
-    tables = []
-    for gen in gens:
-        title = (f"idle connections [{harness.GENERATORS[gen]}]: {p.conns:,} at once "
-                 f"({p.inflight} handshakes in flight"
-                 f"{', subscribed' if p.subscribe else ''}); median of {p.rounds}")
-        tables.append(harness.print_table(title, harness.column(subject, p.subject),
-                                          peer.name, rows[gen]))
-    return "\n".join(tables)
 
+    def title(gen: str) -> str:
+        return (f"idle connections [{harness.GENERATORS[gen]}]: {p.conns:,} at once "
+                f"({p.inflight} handshakes in flight"
+                f"{', subscribed' if p.subscribe else ''}); median of {p.rounds}")
+
+    return harness.print_tables(gens, title, subject, peer, p, rows)
 
 if __name__ == "__main__":
     main()

@@ -138,30 +138,19 @@ def main(argv: list[str] | None = None) -> str:
     harness.raise_nofile(p.subscribers + 64)
     gens = harness.generators(p)
     subject, peer = harness.pick_servers(p)
-    rows, raw = {g: metrics() for g in gens}, []
+    rows = harness.run_rounds(subject, peer, p, gens, measure, metrics, record, describe)
 
-    def on_report(which: str, server: Server, r: int, gen: str, rep: dict[str, Any]) -> None:
-        record(rows[gen], which, rep)
-        raw.append({"round": r, "server": server.spec.name, "generator": gen, **rep})
-        print(f"round {r + 1} [{gen}] {describe(server.spec.name, rep)}", flush=True)
-
-    harness.alternate_rounds(subject, peer, p.rounds,
-                             lambda server, gen: measure(server, gen, p), on_report, gens)
-    harness.dump_json(p.json, raw)
-    tables = []
-    for gen in gens:
+    def title(gen: str) -> str:
         if gen == "py":
             load = (f"{p.py_msgs} broadcasts, "
                     + (f"window {p.py_window}" if p.py_window else "no window")
                     + f", {p.py_payload} payloads, read {p.py_read}")
         else:
             load = f"{p.msgs} broadcasts, window {p.window}"
-        title = (f"fan-out [{harness.GENERATORS[gen]}]: {p.subscribers} subscribers, {load}; "
-                 f"latency at {p.rate:g} broadcasts/s for {p.secs:g} s; median of {p.rounds}")
-        tables.append(harness.print_table(title, harness.column(subject, p.subject),
-                                          peer.name, rows[gen]))
-    return "\n".join(tables)
+        return (f"fan-out [{harness.GENERATORS[gen]}]: {p.subscribers} subscribers, {load}; "
+                f"latency at {p.rate:g} broadcasts/s for {p.secs:g} s; median of {p.rounds}")
 
+    return harness.print_tables(gens, title, subject, peer, p, rows)
 
 if __name__ == "__main__":
     main()

@@ -651,6 +651,35 @@ def alternate_rounds(subject: ServerSpec | None, peer: ServerSpec, rounds: int,
         for server in servers.values():
             server.stop()
 
+def run_rounds(subject: ServerSpec | None, peer: ServerSpec, p: Any, gens: Sequence[str],
+               measure: Callable[[Server, str, Any], dict[str, Any]],
+               metrics: Callable[[], list[Metric]],
+               record: Callable[[list[Metric], str, dict[str, Any]], None],
+               describe: Callable[[str, dict[str, Any]], str]) -> dict[str, list[Metric]]:
+    """Run ``alternate_rounds`` under every load generator; return the table rows of each.
+
+    Prints a line per measurement and writes the raw reports to ``p.json``.
+    """
+    rows, raw = {g: metrics() for g in gens}, []
+
+    def on_report(which: str, server: Server, r: int, gen: str, rep: dict[str, Any]) -> None:
+        record(rows[gen], which, rep)
+        raw.append({"round": r, "server": server.spec.name, "generator": gen, **rep})
+        print(f"round {r + 1} [{gen}] {describe(server.spec.name, rep)}", flush=True)
+
+    alternate_rounds(subject, peer, p.rounds, lambda server, gen: measure(server, gen, p),
+                     on_report, gens)
+    dump_json(p.json, raw)
+    return rows
+
+
+def print_tables(gens: Sequence[str], title: Callable[[str], str], subject: ServerSpec | None,
+                 peer: ServerSpec, p: Any, rows: dict[str, list[Metric]]) -> str:
+    """Print (and return) one table per load generator."""
+    return "\n".join(print_table(title(gen), column(subject, p.subject), peer.name, rows[gen])
+                     for gen in gens)
+
+
 def column(spec: ServerSpec | None, name: str) -> str:
     """Return a server's column title (marked when it could not run)."""
     return spec.name if spec is not None else f"{name} (not run)"
