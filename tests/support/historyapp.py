@@ -76,3 +76,8 @@ def application() -> Application:
 
 
 APP = application()
+
+# as an APP module for the daemon (APP = "tests.support.historyapp")
+channels = [Feed, Short, Kept, Lobby, Plain]
+signals = [Post, Read]
+headers = [User]
