@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from lexicons.client import Client
+from lexicons.errors import CallFailed
 from tests.examples.chat_daemon import ChatDaemon
 from tests.support.brokers import PrivateRedis, require_redis
 from tests.support.daemon import wait_for
@@ -164,3 +165,63 @@ def test_a_killed_nodes_members_leave_presence_in_the_stated_time(nodes, tmp_pat
         assert elapsed < PRESENCE_TTL * 4 / 3 + 5, elapsed
     finally:
         doomed.kill()
+
+
+def test_recoveries_racing_live_publications_get_each_one_once(nodes):
+    """Clients recover from several positions on two nodes while both nodes publish."""
+    url, prefix = require_redis(), f"t{uuid.uuid4().hex[:12]}"
+    a, b = start(nodes, url, prefix), start(nodes, url, prefix)
+    channel, before, each = "feed:race", 50, 200
+    with client(a, "first") as first:
+        epoch = first.subscribe(channel)["epoch"]
+        for n in range(before):
+            first.call("Post", channels=[channel], n=n)
+
+    def publish(node):
+        with client(node, "pub") as pub:
+            for n in range(each):
+                pub.call("Post", channels=[channel], n=n)
+
+    threads = [threading.Thread(target=publish, args=(node,), daemon=True) for node in (a, b)]
+    for thread in threads:
+        thread.start()
+    recovering = []
+    try:
+        for k, since in enumerate((0, 10, 25, 40, 49)):
+            c = client(a if k % 2 else b, f"r{k}")
+            recovering.append((since, c))
+            answer = c.subscribe(channel, recover={"offset": since, "epoch": epoch})
+            assert answer["recovered"] is True, answer
+            time.sleep(0.02)
+        for thread in threads:
+            thread.join(60)
+        last = before + 2 * each
+        for since, c in recovering:
+            seen = []
+            deadline = time.monotonic() + 30
+            while not seen or seen[-1] < last:
+                assert time.monotonic() < deadline, f"from {since}: got up to {seen[-3:]}"
+                for item in c.receive(10):
+                    if "Post" in item:
+                        seen.append(item["@"]["offset"])
+            assert seen == list(range(since + 1, last + 1)), f"from {since}"
+    finally:
+        for _, c in recovering:
+            c.close()
+
+
+def test_a_broadcast_on_a_history_channel_fails_clearly_while_redis_is_down(nodes, tmp_path):
+    """No Redis, no position: the caller gets an error, a plain channel still works locally."""
+    redis = PrivateRedis(tmp_path)
+    redis.start()
+    try:
+        node = start(nodes, redis.url, "down")
+        with client(node, "a") as c:
+            c.subscribe("plain:d")
+            redis.stop()
+            with pytest.raises(CallFailed, match="Post failed"):
+                c.call("Post", channels=["feed:d"], n=1)
+            assert c.call("Post", channels=["plain:d"], n=2) == "posted"
+            assert c.receive(5) == [{"Post": {"n": 2}}]
+    finally:
+        redis.stop()
