@@ -26,7 +26,12 @@ the node's Redis subscription is confirmed, then the history is read. Under
 the channel's lock the missed publications go out, then the buffered ones
 whose offset is past what was read (the others were in the history already),
 and only then does the connection become a member. Each publication thus
-reaches it once, in order.
+reaches it once, in order. With Redis one more step: a publication read
+from the stream may still be on its way to this node through pub/sub, and
+would then arrive after the join, a second time. So the script that reads
+the history also publishes a *mark* on the channel, in the same atomic step;
+the subscriber waits for its mark to come back, by which time every
+publication it read has come through this node's buffer.
 
 Presence: a join records the connection's client id (the node's id and the
 connection's number) and ``ws.auth["user"]`` and broadcasts a ``Presence``
@@ -64,6 +69,8 @@ SYNC_TIMEOUT = 5.0
 #: (the publisher too) delivers them.
 NO_NODE = "0" * 16
 _STRIPES = 64
+#: The start of a recovery's mark (never a broadcast: those are JSON).
+MARK = b"\x00mark:"
 
 _PUBLISH = """
 local epoch = redis.call('hget', KEYS[2], 'e')
@@ -95,6 +102,9 @@ if ARGV[3] == 'last' then
   entries = redis.call('xrevrange', KEYS[1], '+', '-', 'COUNT', ARGV[4])
 else
   entries = redis.call('xrange', KEYS[1], ARGV[4], '+')
+end
+if ARGV[6] ~= '' then
+  redis.call('publish', ARGV[5], ARGV[6])
 end
 return {epoch, top, entries}
 """
@@ -147,10 +157,12 @@ class RedisHistory:
             int(time.time() * 1000), f"{self.prefix}:{HISTORY_SPACE}:{channel}",
             self.envelope]))
 
-    def _entries(self, channel: str, mode: str, arg: str | int,
-                 ttl: float) -> tuple[str, int, list[tuple[int, bytes]]]:
+    def _entries(self, channel: str, mode: str, arg: str | int, ttl: float,
+                 mark: bytes = b"") -> tuple[str, int, list[tuple[int, bytes]]]:
+        """Read the channel's position and entries; publish *mark* right after, atomically."""
         epoch, top, raw = self._read(keys=self._keys(channel), args=[
-            hist.new_epoch(), max(1, math.ceil(self.meta_ttl)), mode, arg])
+            hist.new_epoch(), max(1, math.ceil(self.meta_ttl)), mode, arg,
+            f"{self.prefix}:{HISTORY_SPACE}:{channel}", self.envelope + mark if mark else b""])
         oldest = (time.time() - ttl) * 1000
         entries = []
         for entry_id, fields in raw:
@@ -159,14 +171,16 @@ class RedisHistory:
                 entries.append((int(entry_id.split(b"-")[0]), values[b"d"]))
         return epoch.decode("ascii"), int(top), entries
 
-    def position(self, channel: str) -> Position:
-        """Return *channel*'s position now."""
-        epoch, top, _ = self._entries(channel, "last", 0, 1.0)
+    def position(self, channel: str, mark: bytes = b"") -> Position:
+        """Return *channel*'s position now (publishing *mark* right after reading it)."""
+        epoch, top, _ = self._entries(channel, "last", 0, 1.0, mark)
         return Position(top, epoch)
 
-    def recover(self, channel: str, since: Position, size: int, ttl: float) -> Recovery:
+    def recover(self, channel: str, since: Position, size: int, ttl: float,
+                mark: bytes = b"") -> Recovery:
         """Return what a client at *since* missed (see :func:`lexicons.history.recover`)."""
-        epoch, top, entries = self._entries(channel, "since", f"{since.offset + 1}-0", ttl)
+        epoch, top, entries = self._entries(channel, "since", f"{since.offset + 1}-0", ttl,
+                                            mark)
         return hist.recover(since, top, epoch, entries)
 
     def read(self, channel: str, limit: int, size: int,
@@ -289,6 +303,7 @@ class ChannelState:
                              if client is not None else MemoryPresence())
         self._locks = [threading.RLock() for _ in range(_STRIPES)]
         self._pending: dict[str, dict[Connection, list[bytes]]] = {}
+        self._marks: dict[bytes, threading.Event] = {}  # recoveries waiting for their mark
         self._classes: dict[str, type[Channel] | None] = {}
 
     @staticmethod
@@ -392,6 +407,11 @@ class ChannelState:
 
     def deliver(self, channel: str, message: bytes) -> None:
         """Deliver a broadcast of a history channel here: buffered for pending subscribers."""
+        if message.startswith(MARK):
+            arrived = self._marks.get(message[len(MARK):])
+            if arrived is not None:  # another node's marks are not ours
+                arrived.set()
+            return
         with self._lock(channel):
             pending = self._pending.get(channel)
             if pending:
@@ -420,10 +440,7 @@ class ChannelState:
                 if not backplane.wait_synced(SYNC_TIMEOUT):
                     raise ServiceError("the other nodes are out of reach: cannot subscribe "
                                        f"to {channel!r} now")
-            if since is None:
-                recovery = Recovery(self.history.position(channel), True)
-            else:
-                recovery = self.history.recover(channel, since, size, ttl)
+            recovery = self._read_marked(channel, since, size, ttl)
         except BaseException:
             with lock:
                 self._forget_pending(conn, channel)
@@ -447,6 +464,27 @@ class ChannelState:
         position = Position(top, recovery.position.epoch)
         return self._answer(channel, position, since, recovery.recovered,
                             len(recovery.publications), recovery.reason)
+
+    def _read_marked(self, channel: str, since: Position | None, size: int,
+                     ttl: float) -> Recovery:
+        """Read the history; with Redis, wait until what was read has come through here."""
+        if not self.redis:
+            if since is None:
+                return Recovery(self.history.position(channel), True)
+            return self.history.recover(channel, since, size, ttl)
+        token = os.urandom(8).hex().encode("ascii")
+        arrived = self._marks[token] = threading.Event()
+        try:
+            if since is None:
+                recovery = Recovery(self.history.position(channel, MARK + token), True)
+            else:
+                recovery = self.history.recover(channel, since, size, ttl, MARK + token)
+            if not arrived.wait(SYNC_TIMEOUT):
+                raise ServiceError(f"the other nodes are out of reach: cannot subscribe to "
+                                   f"{channel!r} now")
+        finally:
+            self._marks.pop(token, None)
+        return recovery
 
     def holds(self, channel: str) -> bool:
         """Tell whether a subscriber of *channel* is still recovering."""

@@ -123,7 +123,7 @@ class RoomsService(Service):
             conn.channels.add(channel)
             self._snapshots.pop(channel, None)
             if first and self.backplane is not None:
-                self.backplane.join(channel, self._space(channel))
+                self.backplane.join(channel, *self._space(channel))
         if self.channel_state is not None and self.channel_state.tracks(channel):
             self.channel_state.joined(conn, channel)
 
@@ -145,8 +145,11 @@ class RoomsService(Service):
         self.join(conn, channel, check=False)
         return None
 
-    def _space(self, channel: str) -> str:
-        return "c" if self.channel_state is None else self.channel_state.space(channel)
+    def _space(self, channel: str) -> tuple[str, ...]:
+        """Return the backplane space of *channel* as arguments: () for the default one."""
+        if self.channel_state is None or self.channel_state.space(channel) != HISTORY_SPACE:
+            return ()
+        return (HISTORY_SPACE,)
 
     def leave(self, conn: Connection, channel: str) -> None:
         """Take *conn* out of *channel* (nothing happens if it was not in it)."""
@@ -185,7 +188,7 @@ class RoomsService(Service):
             # a subscriber still recovering needs the channel's broadcasts from Redis
             if self.backplane is not None and not (self.channel_state is not None
                                                    and self.channel_state.holds(channel)):
-                self.backplane.leave(channel, self._space(channel))
+                self.backplane.leave(channel, *self._space(channel))
         return True
 
     def history(self, channel: str, limit: int = 100) -> dict[str, Any]:
