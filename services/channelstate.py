@@ -334,6 +334,16 @@ class ChannelState:
             count = self.history.save(self.history_path, keep)
             self.rooms.log.info("saved the history of %d channel(s)", count)
 
+    def info(self) -> dict[str, Any]:
+        """Return what ``status`` shows: where history and presence live, and their size."""
+        store = "redis" if self.redis else "memory"
+        info: dict[str, Any] = {"history": store if self.history is not None else None,
+                                "presence": store if self.presence is not None else None,
+                                "recovering": len(self._pending)}
+        if isinstance(self.history, hist.MemoryHistory):
+            info["history_channels"] = len(self.history)
+        return info
+
     # --- which channels -------------------------------------------------------------------
 
     def channel_class(self, channel: str) -> type[Channel] | None:

@@ -97,9 +97,12 @@ class RoomsService(Service):
         with self._lock:
             channels = len(self._members)
             memberships = sum(len(m) for m in self._members.values())
-        return {"channels": channels, "memberships": memberships,
+        info = {"channels": channels, "memberships": memberships,
                 "published": self.published, "delivered": self.delivered,
                 "backplane": self.backplane is not None}
+        if self.channel_state is not None:
+            info.update(self.channel_state.info())
+        return info
 
     # --- membership ---------------------------------------------------------------------
 

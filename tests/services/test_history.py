@@ -8,6 +8,7 @@ import pytest
 from lexicons.application import Application
 from lexicons.channel import Channel
 from lexicons.errors import CallFailed
+from tests.services.test_rooms import drain
 from tests.support.daemon import wait_for
 from tests.support.historyapp import APP
 from tests.support.websocket import serving
@@ -30,15 +31,6 @@ def posts(client, channel, last, timeout=20.0):
             if "Post" in item and item["@"]["channel"] == channel:
                 seen.append(item["Post"]["n"])
     return seen
-
-
-def drain(client, timeout=0.3):
-    got = []
-    while True:
-        try:
-            got.append(client.receive(timeout))
-        except TimeoutError:
-            return got
 
 
 def publish_steadily(server, channel, count, pause=0.002):
