@@ -74,6 +74,13 @@ class ChatDaemon:
             except ProcessLookupError:
                 pass
 
+    def wait_gone(self, timeout: float = 20.0) -> None:
+        """Wait until no daemon answers in the directory any more (after :meth:`kill`)."""
+        deadline = time.monotonic() + timeout
+        while lexiconsd("status", cwd=self.workdir).returncode == 0:
+            assert time.monotonic() < deadline, "the daemon is still running"
+            time.sleep(0.1)
+
     def log(self) -> str:
         """Return the daemon's log (for failure messages)."""
         path = self.workdir / "lexiconsd.log"
