@@ -155,3 +155,30 @@ def test_a_history_over_the_settings_bound_stops_start_up():
     with pytest.raises(Exception, match="TooLong: history_size 20000 is over HISTORY_MAX_SIZE"):
         with serving(Application(channels=[TooLong])):
             pass
+
+
+def test_publications_racing_the_history_read_arrive_once(server, monkeypatch):
+    """One publication just before the read (so in it and buffered), one just after: each once."""
+    rooms = server.service("rooms")
+    history = rooms.channel_state.history
+    read = history.recover
+    channel = "feed:race"
+
+    def racing_read(*args):
+        rooms.publish((channel,), "Post", {"n": "before the read"})
+        result = read(*args)
+        rooms.publish((channel,), "Post", {"n": "after the read"})
+        return result
+
+    with server.client(headers={"User": {"name": "a"}}) as first:
+        answer = first.subscribe(channel)
+        position = {"offset": answer["offset"], "epoch": answer["epoch"]}
+        for n in range(3):
+            first.call("Post", channels=[channel], n=n)
+    monkeypatch.setattr(history, "recover", racing_read)
+    with server.client(headers={"User": {"name": "b"}}) as again:
+        answer = again.subscribe(channel, recover=position)
+        assert answer["recovered"] is True and answer["missed"] == 4
+        got = [item["Post"]["n"] for message in drain(again) for item in message]
+        assert got == [0, 1, 2, "before the read", "after the read"]
+        assert answer["offset"] == 5
