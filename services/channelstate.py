@@ -469,7 +469,11 @@ class ChannelState:
                 elif position.epoch != recovery.position.epoch:
                     out.append(message)  # the history began anew meanwhile
             self._send(conn, out)
-            self.rooms.join(conn, channel, check=False)
+            self.rooms.join(conn, channel, check=False, announce=False)
+        # outside the channel's lock: announcing takes the backplane's, which a publisher
+        # holds while it delivers (under the channel's lock)
+        if self.tracks(channel) and channel in conn.channels:
+            self.joined(conn, channel)
         self._release(channel)
         position = Position(top, recovery.position.epoch)
         return self._answer(channel, position, since, recovery.recovered,

@@ -106,10 +106,12 @@ class RoomsService(Service):
 
     # --- membership ---------------------------------------------------------------------
 
-    def join(self, conn: Connection, channel: str, check: bool = True) -> None:
+    def join(self, conn: Connection, channel: str, check: bool = True,
+             announce: bool = True) -> None:
         """Put *conn* in *channel*; with *check*, the channel must exist and permit it.
 
         Raises CallError (unknown channel) or NotPermitted (its permit hook said no).
+        *announce* False leaves a presence channel's join to the caller.
         """
         if check:
             self.channels.check(conn, channel)
@@ -127,7 +129,7 @@ class RoomsService(Service):
             self._snapshots.pop(channel, None)
             if first and self.backplane is not None:
                 self.backplane.join(channel, *self._space(channel))
-        if self.channel_state is not None and self.channel_state.tracks(channel):
+        if announce and self.channel_state is not None and self.channel_state.tracks(channel):
             self.channel_state.joined(conn, channel)
 
     def subscribe(self, conn: Connection, channel: str, recover: Any = None,

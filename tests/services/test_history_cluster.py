@@ -225,3 +225,25 @@ def test_a_broadcast_on_a_history_channel_fails_clearly_while_redis_is_down(node
             assert c.receive(5) == [{"Post": {"n": 2}}]
     finally:
         redis.stop()
+
+
+def test_a_channel_with_history_and_presence_works_across_nodes(nodes):
+    """Presence events and positioned broadcasts of one channel reach the other node."""
+    url, prefix = require_redis(), f"t{uuid.uuid4().hex[:12]}"
+    a, b = start(nodes, url, prefix), start(nodes, url, prefix)
+    with client(a, "ann") as ann, client(b, "bob") as bob:
+        ann.subscribe("stage:x")
+        assert _presence(ann) == {"channel": "stage:x", "event": "join",
+                                  "client": _presence_client(ann, "ann"), "user": "ann"}
+        bob.subscribe("stage:x")
+        joined = wait_for(lambda: _presence(ann), what="bob's join")
+        assert joined["user"] == "bob"
+        bob.call("Post", channels=["stage:x"], n=7)
+        got = wait_for(lambda: [i for i in ann.receive(5) if "Post" in i], what="bob's post")
+        assert got[0]["Post"] == {"n": 7} and got[0]["@"]["offset"] == 1
+        assert bob.call("Presence", channel="stage:x")["count"] == 2
+
+
+def _presence_client(c, user):
+    who = c.call("Presence", channel="stage:x")["members"]
+    return next(m["client"] for m in who if m["user"] == user)

@@ -41,6 +41,15 @@ class Lobby(Channel):
     presence = True
 
 
+class Stage(Channel):
+    """Keeps history and tracks presence."""
+
+    name = "stage:{name}"
+    history_size = 100
+    history_ttl = 60
+    presence = True
+
+
 class Plain(Channel):
     """Neither history nor presence."""
 
@@ -71,13 +80,13 @@ class Read(Signal):
 
 def application() -> Application:
     """Return the application (fresh for each node)."""
-    return Application(name="historyapp", channels=[Feed, Short, Kept, Lobby, Plain],
+    return Application(name="historyapp", channels=[Feed, Short, Kept, Lobby, Stage, Plain],
                        signals=[Post, Read], headers=[User])
 
 
 APP = application()
 
 # as an APP module for the daemon (APP = "tests.support.historyapp")
-channels = [Feed, Short, Kept, Lobby, Plain]
+channels = [Feed, Short, Kept, Lobby, Stage, Plain]
 signals = [Post, Read]
 headers = [User]
