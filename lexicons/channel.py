@@ -50,6 +50,14 @@ class Channel:
 
     #: The channel's name, with ``{param}`` placeholders (default: the class name).
     name: ClassVar[str | None] = None
+    #: Publications kept so a client that reconnects gets what it missed (0: none kept).
+    history_size: ClassVar[int] = 0
+    #: Seconds a kept publication lives.
+    history_ttl: ClassVar[float] = 300.0
+    #: With the memory backplane: save the history in DATA_DIR at stop, load it at start.
+    history_persist: ClassVar[bool] = False
+    #: Track who is in the channel (``Presence`` call, join and leave broadcasts).
+    presence: ClassVar[bool] = False
 
     def __init__(self, **params: Any):
         self.params = {k: str(v) for k, v in params.items()}
@@ -122,11 +130,28 @@ class ChannelSet:
 
 
 class Subscribe(Signal):
-    """Built-in: join a channel (its permit hook decides); answers the channel's name."""
+    """Built-in: join a channel (its permit hook decides).
 
-    def execute(self, channel: str, ws: Any, sv: Any) -> str:
-        sv.subscribe(ws, channel, check=True)
-        return channel
+    Answers the channel's name; for a channel with history, its position
+    ``{"channel", "offset", "epoch"}``, and with ``recover`` (the position of the
+    last publication the client saw) also ``recovered`` and ``missed``, after
+    sending the missed publications.
+    """
+
+    def execute(self, channel: str, ws: Any, sv: Any, recover: Any = None) -> Any:
+        answer = sv.subscribe(ws, channel, check=True, recover=recover)
+        return channel if answer is None else answer
+
+
+class Presence(Signal):
+    """Built-in: who is in a presence channel, ``{"channel", "count", "members"}``.
+
+    Allowed to whoever the channel's permit hook would let subscribe.
+    """
+
+    def execute(self, channel: str, ws: Any, sv: Any) -> Any:
+        sv.service("rooms").channels.check(ws, channel)
+        return sv.presence(channel)
 
 
 class Unsubscribe(Signal):

@@ -372,6 +372,20 @@ declare("BACKPLANE_QUEUE", 100000, integer(1),
         section="integration")
 declare("BACKPLANE_RETRY_MAX", 5.0, number(0.01),
         "longest delay between two attempts to reach Redis again", section="integration")
+declare("HISTORY_MAX_SIZE", 10000, integer(1),
+        "largest history_size a Channel class may declare (publications kept per channel)",
+        section="integration")
+declare("HISTORY_MAX_TTL", 7 * 86400.0, number(1),
+        "longest history_ttl a Channel class may declare, in seconds", section="integration")
+declare("HISTORY_MAX_CHANNELS", 10000, integer(1),
+        "channels whose history one node keeps in memory (memory backplane); the least "
+        "recently used is dropped first", section="integration")
+declare("HISTORY_META_TTL", 86400.0, number(1),
+        "seconds Redis keeps a channel's offset and epoch after its last publication "
+        "(then it starts over with a new epoch)", section="integration")
+declare("PRESENCE_TTL", 15.0, number(0.1),
+        "seconds a node's presence entries live in Redis without its heartbeat (every third "
+        "of it): a dead node's members are gone within 4/3 of this", section="integration")
 declare("BOOTSTRAP_URL", "", STR,
         "high-templar endpoint: backend URL asked for each client's allowed rooms",
         section="integration", check=_check_http_url)

@@ -29,7 +29,7 @@ import threading
 from typing import Any
 
 from lexicons import filters, protocol
-from lexicons.channel import Subscribe, Unsubscribe
+from lexicons.channel import Presence, Subscribe, Unsubscribe
 from lexicons.connection import Connection
 from lexicons.errors import CallError, NotPermitted, ServiceError
 from lexicons.events import Rejected
@@ -39,7 +39,7 @@ from lexicons.protocol import Protocol
 from lexicons.service import Service
 from lexicons.signal import NOTHING, Response, Signal, channel_names
 
-BUILT_IN: tuple[type[Signal], ...] = (Subscribe, Unsubscribe)
+BUILT_IN: tuple[type[Signal], ...] = (Subscribe, Unsubscribe, Presence)
 
 
 class Facade:
@@ -61,16 +61,31 @@ class Facade:
         """Broadcast ``[{name: payload}]`` to every connection in *channels*."""
         self._router.rooms_service().publish(channel_names(channels), name, payload)
 
-    def subscribe(self, ws: Connection, channel: Any, check: bool = False) -> None:
+    def subscribe(self, ws: Connection, channel: Any, check: bool = False,
+                  recover: Any = None) -> Any:
         """Put connection *ws* in *channel* (check=True asks the channel's permit hook).
 
+        For a channel with history, answers its position and, given *recover*
+        (``{"offset", "epoch"}``), first sends *ws* what it missed since then.
         ``subscribe(event, fn)`` (a name and a callable) instead calls ``fn(event, data)``
         for every cluster event *event* said on any node (see :meth:`say`).
         """
         if isinstance(ws, str) and callable(channel):
             self._backplane().subscribe(ws, channel)
-            return
-        self._router.rooms_service().join(ws, str(channel), check=check)
+            return None
+        return self._router.rooms_service().subscribe(ws, str(channel), recover, check=check)
+
+    def history(self, channel: Any, limit: int = 100) -> dict[str, Any]:
+        """Return a history channel's ``{channel, offset, epoch, publications}``.
+
+        The newest *limit* publications kept, oldest first, each
+        ``{"offset", "name", "data"}``.
+        """
+        return self._router.rooms_service().history(str(channel), limit)
+
+    def presence(self, channel: Any) -> dict[str, Any]:
+        """Return who is in a presence channel: ``{channel, count, members}``."""
+        return self._router.rooms_service().presence(str(channel))
 
     def unsubscribe(self, ws: Connection, channel: Any) -> None:
         """Take connection *ws* out of *channel*; ``unsubscribe(event, fn)`` drops a handler."""

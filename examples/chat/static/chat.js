@@ -151,6 +151,7 @@ function addMessage(room, message) {
 async function open(room) {
   if (!state.joined.has(room)) {
     const answer = await guard(state.client.call("Join", { room }));
+    await follow(room);
     state.joined.add(room);
     state.messages.set(room, answer.messages);
     if (room.startsWith("dm:")) state.dms.add(room);
@@ -242,7 +243,8 @@ function listen(client) {
     $("status").textContent = labels[value] || value;
     $("status").dataset.state = value;
   });
-  client.listen("reconnect", () => { resume().catch((error) => notice(explain(error))); });
+  client.listen("reconnect", () => { rejoin().catch((error) => notice(explain(error))); });
+  client.listen("recover", (result) => { recovered(result).catch((error) => notice(explain(error))); });
   client.listen("refused", (error) => logout(error.reason));
   client.listen("error", (error) => notice(explain(error)));
 }
@@ -255,6 +257,45 @@ function memberChange(room, user, present) {
   info.members = [...members].sort();
   renderRooms();
   if (room === state.active) renderRoom();
+}
+
+// --- reconnecting ---------------------------------------------------------------------
+
+// Subscribe through the client to a room's channel (Join has put us in it), so the
+// client keeps its position and recovers what is missed across a reconnect.
+async function follow(room) {
+  if (!room.startsWith("dm:")) await state.client.subscribe(`room:${room}`);
+}
+
+// After a reconnect the client has subscribed again and recovered the messages sent
+// meanwhile: refresh the lists, and be in this page's rooms again (Join answers
+// without a new broadcast for a room the connection is already in).
+async function rejoin() {
+  for (const room of await state.client.call("Rooms")) state.rooms.set(room.name, room);
+  state.online = await state.client.call("Online");
+  for (const room of state.joined) {
+    if (room.startsWith("dm:")) continue;
+    const answer = await state.client.call("Join", { room });
+    const info = state.rooms.get(room);
+    if (info) info.members = answer.members;
+  }
+  renderRooms();
+  renderRoom();
+}
+
+// What a channel's recovery gave: a notice for missed messages, or, when its history
+// no longer reached back, its rooms' messages loaded again.
+async function recovered({ channel, recovered: complete, missed }) {
+  if (complete) {
+    if (missed) notice(`caught up: ${missed} update${missed === 1 ? "" : "s"} sent while you were offline`);
+    return;
+  }
+  const rooms = channel.startsWith("room:") ? [channel.slice(5)]
+    : [...state.joined].filter((room) => room.startsWith("dm:"));
+  for (const room of rooms) {
+    state.messages.set(room, await state.client.call("History", { room }));
+    if (room === state.active) renderRoom();
+  }
 }
 
 // --- logging in -------------------------------------------------------------------------

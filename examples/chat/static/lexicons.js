@@ -12,6 +12,13 @@
 //   answer     [{"Signal": value, "#": 7}]
 //   error      [{"Errors": ["message", ...], "#": 7}]
 //   broadcast  [{"Signal": payload}]
+//   positioned [{"Signal": payload, "@": {"channel": "room:a", "epoch": "9f2c41d0", "offset": 12}}]
+//
+// A channel with history gives each broadcast a position. The client keeps the
+// last one per subscribed channel and, on reconnect, subscribes again with
+// {recover: position}: the broadcasts sent meanwhile arrive (in order, before
+// the new ones), and the "recover" listeners get {channel, recovered, missed};
+// recovered false means the history no longer reached back (reload another way).
 //
 // Headers go in the URL's query (browsers cannot set headers on a websocket):
 // ?Login={"name":"alice","password":"secret"}. When the server refuses the
@@ -74,6 +81,7 @@ export class Client {
     this.state = "idle";            // idle, connecting, open, waiting, closed
     this.socket = null;
     this.channels = new Set();      // subscribed by this client: re-subscribed on reconnect
+    this.positions = new Map();     // channel -> {offset, epoch} of the last broadcast seen
     this.handlers = new Map();      // broadcast name -> Set of functions
     this.listeners = new Map();     // "state", "reconnect", "error", "refused" -> Set
     this.pending = new Map();       // call id -> {resolve, reject, timer}
@@ -109,9 +117,7 @@ export class Client {
       this.everOpen = true;
       this.attempt = 0;
       this.setState("open");
-      for (const channel of this.channels) {
-        this.send({ Subscribe: { channel } }).catch((error) => this.emit("error", error));
-      }
+      this.resubscribe();
       if (again) this.emit("reconnect");
       if (resolve) resolve(this);
     };
@@ -202,13 +208,51 @@ export class Client {
   async subscribe(channel) {
     const answer = await this.call("Subscribe", { channel });
     this.channels.add(channel);
+    this.advance(channel, answer);
     return answer;
   }
 
   /** Leave `channel`. */
   async unsubscribe(channel) {
     this.channels.delete(channel);
+    this.positions.delete(channel);
     return this.call("Unsubscribe", { channel });
+  }
+
+  // --- positions and recovery (channels with history) ---------------------------------
+
+  /** Subscribe again to every channel, asking for what was missed since its position. */
+  resubscribe() {
+    for (const channel of this.channels) {
+      const position = this.positions.get(channel);
+      const fresh = () => this.send({ Subscribe: { channel } });
+      const asked = position ? this.send({ Subscribe: { channel, recover: position } }) : fresh();
+      asked
+        // a position the server refuses (say, from before its history began): start anew
+        .catch((error) => (position && error instanceof CallError
+          ? fresh().then((answer) => ({ ...answer, recovered: false, missed: 0 }))
+          : Promise.reject(error)))
+        .then((answer) => {
+          if (!answer || typeof answer !== "object" || !("epoch" in answer)) return;
+          if (answer.recovered === false) this.positions.delete(channel);
+          this.advance(channel, answer);
+          if (position) {
+            this.emit("recover", { channel, recovered: answer.recovered !== false,
+                                   missed: answer.missed || 0 });
+          }
+        })
+        .catch((error) => this.emit("error", error));
+    }
+  }
+
+  /** Keep the newer of the known position and `where` ({offset, epoch}). */
+  advance(channel, where) {
+    if (!where || typeof where !== "object" || typeof where.offset !== "number"
+        || typeof where.epoch !== "string") return;
+    const known = this.positions.get(channel);
+    if (!known || known.epoch !== where.epoch || where.offset > known.offset) {
+      this.positions.set(channel, { offset: where.offset, epoch: where.epoch });
+    }
   }
 
   /** Call `handler(payload)` for every broadcast named `name`. */
@@ -224,7 +268,7 @@ export class Client {
     return this;
   }
 
-  /** Listen to the client itself: "state", "reconnect", "refused" or "error". */
+  /** Listen to the client itself: "state", "reconnect", "recover", "refused" or "error". */
   listen(event, fn) {
     if (!this.listeners.has(event)) this.listeners.set(event, new Set());
     this.listeners.get(event).add(fn);
@@ -267,8 +311,9 @@ export class Client {
         else call.resolve(item[Object.keys(item).find((key) => key !== "#")]);
         continue;
       }
+      if (item["@"]) this.advance(item["@"].channel, item["@"]);
       for (const [name, payload] of Object.entries(item)) {
-        if (name === "#") continue;
+        if (name === "#" || name === "@") continue;
         if (name === "Errors") {
           this.emit("error", new CallError(payload));
           continue;
