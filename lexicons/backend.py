@@ -10,16 +10,19 @@ forwarding what identifies the client:
 * a ``?token=T`` query parameter as ``Authorization: Token T``;
 * the extra headers of ``BACKEND_HEADERS`` (they win over the above).
 
-A 200 answer whose JSON object has ``allowed_rooms``, a list of objects,
-authorizes the client for those rooms; anything else (another status, a body
-that is not JSON, no or bad ``allowed_rooms``, a refused connection, no answer
-within ``BACKEND_TIMEOUT`` seconds in all) does not, and the reason is kept
-for the log. The call blocks its caller: run it off any shared thread.
+As in high-templar 3.1.0, redirects are followed, and a 200 answer of a
+JSON content type whose body is a JSON object authorizes the client for its
+``allowed_rooms`` (a list of objects; missing means none); anything else
+(another status, another content type, a body that is not a JSON object, bad
+``allowed_rooms``, a refused connection, no answer within
+``BACKEND_TIMEOUT`` seconds in all) does not, and the reason is kept for the
+log. The call blocks its caller: run it off any shared thread.
 """
 from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import time
 import urllib.parse
@@ -27,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .hightemplar import valid_allowed_rooms
+from .hightemplar import allowed_rooms_of
 
 #: The largest bootstrap answer read; a longer one is refused.
 MAX_BODY = 1 << 20
@@ -63,12 +66,12 @@ def bootstrap_headers(client_headers: Mapping[str, str], query: Mapping[str, str
     *client_headers* are the client's upgrade request headers with lower-case
     names; *query* its query parameters.
     """
-    headers: dict[str, str] = {"Accept": "application/json"}
+    headers: dict[str, str] = {"Accept": "*/*"}
     cookie = client_headers.get("cookie")
     if cookie:
         headers["Cookie"] = cookie
         csrf = cookie_value(cookie, "csrftoken")
-        if csrf:
+        if csrf is not None:  # even empty, as high-templar forwards it
             headers["X-CSRFToken"] = csrf
     agent = client_headers.get("user-agent")
     if agent:
@@ -84,18 +87,33 @@ def bootstrap_headers(client_headers: Mapping[str, str], query: Mapping[str, str
     return headers
 
 
-def verdict(status: int, body: bytes) -> Authorization:
-    """Turn the backend's answer into an authorization (pure)."""
+_JSON_TYPE = re.compile(r"(?:application/|[\w.-]+/[\w.+-]+?\+)json$", re.IGNORECASE)
+#: Redirects followed before the client is refused, as many as high-templar's HTTP client.
+MAX_REDIRECTS = 10
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+def verdict(status: int, body: bytes, content_type: str = "application/json"
+            ) -> Authorization:
+    """Turn the backend's answer into an authorization (pure), as high-templar 3.1.0 does.
+
+    A 200 answer of a JSON content type whose body is a JSON object authorizes
+    the client; its ``allowed_rooms`` (missing: none) are the rooms it may join.
+    """
     if status != 200:
         return Authorization(False, reason=f"backend answered {status}")
+    mimetype = content_type.partition(";")[0].strip()
+    if not _JSON_TYPE.match(mimetype):
+        return Authorization(False, reason=f"backend answer is {mimetype or 'untyped'}, "
+                                           "not application/json")
     try:
-        reply = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        reply = json.loads(body) if body.strip() else None
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return Authorization(False, reason="backend answer is not JSON")
-    if not isinstance(reply, dict) or "allowed_rooms" not in reply:
-        return Authorization(False, reason="backend answer has no allowed_rooms")
-    rooms = reply["allowed_rooms"]
-    if not valid_allowed_rooms(rooms):
+    if not isinstance(reply, dict):
+        return Authorization(False, reason="backend answer is not a JSON object")
+    rooms = allowed_rooms_of(reply)
+    if rooms is None:
         return Authorization(False, reason="backend's allowed_rooms is not a list of objects")
     return Authorization(True, rooms)
 
@@ -103,17 +121,49 @@ def verdict(status: int, body: bytes) -> Authorization:
 def bootstrap(url: str, headers: Mapping[str, str], timeout: float) -> Authorization:
     """Ask the backend at *url* whom *headers* identify; never raises for backend failures.
 
-    *timeout* bounds the whole call (connect, request, answer), not each read.
+    Redirects are followed (at most MAX_REDIRECTS; ``Authorization`` is not sent
+    to another origin). *timeout* bounds the whole call (connect, request,
+    redirects, answer), not each read.
     """
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return Authorization(False, reason=f"BOOTSTRAP_URL {url!r} is not an http(s) URL")
     deadline = time.monotonic() + timeout
+    headers = dict(headers)
+    for _ in range(MAX_REDIRECTS + 1):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return Authorization(False, reason=f"BOOTSTRAP_URL {url!r} is not an http(s) URL")
+        try:
+            status, location, content_type, body = _get(parts, headers, deadline)
+        except TimeoutError:
+            return Authorization(False, reason=f"backend did not answer within {timeout:g} s")
+        except (OSError, http.client.HTTPException) as exc:
+            return Authorization(False,
+                                 reason=f"backend unreachable: {type(exc).__name__}: {exc}")
+        if status not in _REDIRECTS or not location:
+            return verdict(status, body, content_type)
+        target = urllib.parse.urljoin(url, location)
+        if _origin(target) != _origin(url):
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        url = target
+    return Authorization(False, reason=f"backend redirected more than {MAX_REDIRECTS} times")
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, parts.hostname, port
+
+
+def _get(parts: urllib.parse.SplitResult, headers: Mapping[str, str], deadline: float
+         ) -> tuple[int, str, str, bytes]:
+    """GET one URL; return its status, Location, Content-Type and body (within *deadline*)."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("deadline passed")
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query
     cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = cls(parts.hostname, parts.port, timeout=timeout)
+    conn = cls(parts.hostname, parts.port, timeout=left)
     response: http.client.HTTPResponse | None = None
     try:
         conn.request("GET", target, headers=dict(headers))
@@ -121,15 +171,12 @@ def bootstrap(url: str, headers: Mapping[str, str], timeout: float) -> Authoriza
         _restrict(sock, deadline)
         response = conn.getresponse()
         body = _read(response, sock, deadline)
-    except TimeoutError:
-        return Authorization(False, reason=f"backend did not answer within {timeout:g} s")
-    except (OSError, http.client.HTTPException) as exc:
-        return Authorization(False, reason=f"backend unreachable: {type(exc).__name__}: {exc}")
+        return (response.status, response.getheader("Location", ""),
+                response.getheader("Content-Type", ""), body)
     finally:
         if response is not None:
             response.close()
         conn.close()
-    return verdict(response.status, body)
 
 
 def _restrict(sock: socket.socket | None, deadline: float) -> None:

@@ -10,7 +10,10 @@ Paths (the query string is ignored):
 * ``/slow``      waits ``slow_delay`` seconds, then answers like ``/ok``
 * ``/trickle``   sends its headers, then one byte of body every 0.2 s
 * ``/big``       200 with a 2 MB body
-* ``/redirect``  302 to ``/ok`` (not followed: not authorized)
+* ``/redirect``  302 to ``/ok``
+* ``/loop``      302 to itself, for ever
+* ``/away?to=U`` 307 to the URL ``U``
+* ``/plain``     200 with the body of ``/ok`` as ``text/plain``
 * ``/bytoken``   by the ``Authorization: Token T`` header: ``slow`` like ``/slow``,
   ``deny`` like ``/forbidden``, ``garbage`` like ``/garbage``, anything else like ``/ok``
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -68,7 +72,7 @@ class Backend:
             return self.requests[index][1]
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
-        path = handler.path.split("?")[0]
+        path, _, query = handler.path.partition("?")
         with self.lock:
             self.requests.append((path, {k.lower(): v for k, v in handler.headers.items()}))
         ok = json.dumps({"allowed_rooms": self.rooms}).encode()
@@ -104,11 +108,15 @@ class Backend:
                     return
         elif path == "/big":
             self._send(handler, 200, b"[" + b"0," * (1 << 20) + b"0]")
-        elif path == "/redirect":
-            handler.send_response(302)
-            handler.send_header("Location", "/ok")
+        elif path in ("/redirect", "/loop", "/away"):
+            target = {"/redirect": "/ok", "/loop": "/loop"}.get(path) or \
+                urllib.parse.parse_qs(query)["to"][0]
+            handler.send_response(302 if path != "/away" else 307)
+            handler.send_header("Location", target)
             handler.send_header("Content-Length", "0")
             handler.end_headers()
+        elif path == "/plain":
+            self._send(handler, 200, ok, "text/plain")
         else:
             self._send(handler, 404, b"{}")
 
