@@ -220,3 +220,31 @@ def test_settings_refused_by_a_service_exit_6(workdir, env, words):
     done = lexiconsd("start", cwd=workdir, env=env)
     assert done.returncode == 6, (done.stdout, done.stderr)
     assert words in done.stderr and "bad settings" in done.stderr
+
+
+def test_second_daemon_on_the_same_data_dir_is_refused(tmp_path):
+    """Two daemons with their own lock files cannot share a DATA_DIR: the second names the pid."""
+    shared = tmp_path / "shared-data"
+    dirs = [tmp_path / "one", tmp_path / "two"]
+    for directory in dirs:
+        directory.mkdir()
+        write_settings_file(directory, SERVICE_LIST=["services.control/ControlService",
+                                                     "services.persister/PersisterService"],
+                            LOCK_FILE="run/lexiconsd.pid", CONTROL_SOCKET="run/lexiconsd.sock",
+                            LOG_PATH="lexiconsd.log", DATA_DIR=str(shared))
+    try:
+        first = lexiconsd("start", cwd=dirs[0])
+        assert first.returncode == 0, first.stderr
+        _, status = status_json(dirs[0])
+        second = lexiconsd("start", cwd=dirs[1])
+        assert second.returncode != 0
+        assert f"data directory {shared} is in use by another process (pid {status['pid']}" \
+            in second.stderr, second.stderr
+        assert status_json(dirs[1])[0] == 3
+        assert lexiconsd("stop", cwd=dirs[0]).returncode == 0
+        third = lexiconsd("start", cwd=dirs[1])  # free again once the first has stopped
+        assert third.returncode == 0, third.stderr
+        assert lexiconsd("stop", cwd=dirs[1]).returncode == 0
+    finally:
+        for directory in dirs:
+            kill_leftover_daemon(directory)
