@@ -172,7 +172,10 @@ def _why_not_running(settings: settings_mod.Settings) -> tuple[int, str]:
     if stale:
         return EXIT_FAIL, (f"lexiconsd is not running (stale lock file {settings.LOCK_FILE} "
                            f"names pid {stale})")
-    return EXIT_NOT_RUNNING, "lexiconsd is not running"
+    return EXIT_NOT_RUNNING, (f"lexiconsd is not running (no daemon holds the lock file "
+                              f"{settings.LOCK_FILE} nor answers on the control socket "
+                              f"{settings.CONTROL_SOCKET}; settings: "
+                              f"{settings.source or 'built-in defaults'})")
 
 
 def _not_running(settings: settings_mod.Settings) -> int:

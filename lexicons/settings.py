@@ -8,8 +8,11 @@ A settings *file* is an ordinary Python module (``settings.py``) that assigns
 upper-case names; it only needs the names it changes. Precedence, lowest
 first: declared default, settings file, environment, explicit overrides.
 
-Relative paths are resolved against the working directory at load time, before
-the daemon changes directory.
+Relative paths are made absolute at load time, before the daemon changes
+directory: those of a settings file, and the defaults when there is one, against
+that file's directory (so ``lexiconsd status --settings /srv/app/settings.py``
+finds the daemon from anywhere); those of the environment and of explicit
+overrides against the working directory (or *base_dir*).
 """
 from __future__ import annotations
 
@@ -491,8 +494,11 @@ def load(path: str | None = None, *, env: Mapping[str, str] | None = None,
     base_dir = os.path.abspath(base_dir or os.getcwd())
     values = {name: s.default for name, s in DECLARED.items()}
     extra: dict[str, Any] = {}
+    # the directory each path setting's value is relative to (where it was written)
+    relative_to = dict.fromkeys(DECLARED, base_dir)
     if path:
         path = os.path.abspath(path)
+        relative_to = dict.fromkeys(DECLARED, os.path.dirname(path))
         for name, value in _read_file(path).items():
             if name in DECLARED:
                 values[name] = _validate(name, value, path)
@@ -509,11 +515,13 @@ def load(path: str | None = None, *, env: Mapping[str, str] | None = None,
         except SettingsError as exc:
             raise SettingsError(f"environment: {key}: {exc}") from None
         values[name] = _validate(name, values[name], f"environment {key}")
+        relative_to[name] = base_dir
     for name, value in (overrides or {}).items():
         values[name] = _validate(name, value, f"override {name}")
+        relative_to[name] = base_dir
     for name, setting in DECLARED.items():
         if setting.kind is PATH and values[name] and values[name] != "-":
-            values[name] = os.path.join(base_dir, os.path.expanduser(values[name]))
+            values[name] = os.path.join(relative_to[name], os.path.expanduser(values[name]))
     return Settings(values, source=path, extra=extra, overrides=overrides, base_dir=base_dir)
 
 

@@ -97,6 +97,23 @@ def test_status_and_stop_with_nothing_running(workdir):
     assert status.returncode == 3 and "not running" in status.stdout
     stop = lexiconsd("stop", cwd=workdir)
     assert stop.returncode == 3 and "not running" in stop.stdout
+    for said in (status.stdout, stop.stdout):  # which lock file and socket were looked at
+        assert str(workdir / "run" / "lexiconsd.pid") in said
+        assert str(workdir / "run" / "lexiconsd.sock") in said
+
+
+def test_status_and_stop_from_another_directory(workdir, tmp_path_factory):
+    """With --settings, status and stop find the daemon from any directory."""
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    assert lexiconsd("start", cwd=workdir).returncode == 0
+    try:
+        status = lexiconsd("status", "--settings", str(workdir / "settings.py"), cwd=elsewhere)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "lexiconsd running" in status.stdout
+    finally:
+        stop = lexiconsd("stop", "--settings", str(workdir / "settings.py"), cwd=elsewhere)
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert not list(elsewhere.iterdir())  # nothing made where it ran
 
 
 def test_crashing_service_restarted_in_daemon(workdir):
