@@ -334,6 +334,12 @@ declare("MAX_HEADER_SIZE", 16384, integer(1024),
 declare("HANDSHAKE_WORKERS", 4, integer(1),
         "threads running header checks and plain HTTP handlers, off the accepting thread",
         section="network")
+declare("TICKET_TTL", 30.0, number(1),
+        "seconds a connect ticket from POST /session stays good (it is good for one connect)",
+        section="network")
+declare("SESSION_TTL", 43200.0, number(1),
+        "seconds a login session from POST /session lasts unused (held in memory)",
+        section="network")
 declare("CLOSE_TIMEOUT", 2.0, number(0.01),
         "seconds a closing connection has to answer the close frame before it is dropped",
         section="network")

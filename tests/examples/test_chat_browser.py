@@ -162,6 +162,47 @@ def test_page_reconnects_after_a_restart(daemon, browser):
     expect(alice.locator("#messages .message").last).to_contain_text("after the restart")
 
 
+def test_no_password_in_any_url_reload_keeps_the_session_logout_ends_it(daemon, browser):
+    """Logging in sends the password in a POST body only; a reload stays in; logout ends it."""
+    page = new_page(browser, daemon.url)
+    urls: list[str] = []
+    console: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+    page.on("websocket", lambda ws: urls.append(ws.url))
+    page.on("console", lambda message: console.append(message.text))
+
+    enter(page, "grace", "not-her-password", button="#login")   # a failed login first
+    expect(page.locator("#login-error")).to_have_text("Login: wrong name or password")
+    enter(page, "grace", "hopper42")
+    expect(page.locator("#room-title")).to_have_text("#lobby")
+    sockets = [url for url in urls if url.startswith("ws")]
+    assert sockets and all("?ticket=" in url for url in sockets)
+
+    page.reload()
+    expect(page.locator("#room-title")).to_have_text("#lobby")
+    expect(page.locator("#me")).to_have_text("grace")
+    expect(page.locator("#status")).to_have_text("online")
+    say(page, "still here after a reload")
+    expect(page.locator("#messages .message").last).to_contain_text("still here")
+    token = page.evaluate("JSON.parse(sessionStorage.getItem('lexicons.session')).token")
+
+    page.click("#logout")
+    expect(page.locator("#login-form")).to_be_visible()
+    expect(page.locator("#status")).to_have_text("offline")
+    page.reload()
+    expect(page.locator("#login-form")).to_be_visible()
+    expect(page.locator("#chat-view")).to_be_hidden()
+    ended = page.evaluate("""async (token) => (await fetch("/session", {method: "POST",
+        headers: {"Content-Type": "application/json"},
+        body: JSON.stringify({session: token})})).status""", token)
+    assert ended == 401   # the server has ended the session, not only the page
+
+    for secret in ("hopper42", "not-her-password"):
+        assert not [url for url in urls if secret in url], urls
+        assert not [line for line in console if secret in line], console
+    assert not [url for url in urls if "Login=" in url or "Register=" in url]
+
+
 CLIENT_SCRIPT = """async () => {
   const { Client } = await import("/lexicons.js");
   const out = {};
