@@ -265,3 +265,22 @@ def test_second_daemon_on_the_same_data_dir_is_refused(tmp_path):
     finally:
         for directory in dirs:
             kill_leftover_daemon(directory)
+
+
+@pytest.mark.parametrize("entry, reason", [
+    ("services.nope/Nope", "SERVICE_LIST: cannot import 'services.nope'"),
+    ("services.control/Nope", "SERVICE_LIST: module 'services.control' has no class 'Nope'"),
+])
+def test_unknown_service_or_class_is_a_bad_setting(tmp_path, entry, reason):
+    """An entry of SERVICE_LIST naming nothing exits 6 (bad settings); the log says why."""
+    write_settings_file(tmp_path, SERVICE_LIST=["services.control/ControlService", entry],
+                        LOCK_FILE="run/lexiconsd.pid", CONTROL_SOCKET="run/lexiconsd.sock",
+                        LOG_PATH="lexiconsd.log")
+    try:
+        for args in (["start"], ["start", "--foreground"]):
+            done = lexiconsd(*args, cwd=tmp_path)
+            assert done.returncode == 6, done.stdout + done.stderr
+            assert reason in done.stderr
+        assert reason in (tmp_path / "lexiconsd.log").read_text()
+    finally:
+        kill_leftover_daemon(tmp_path)
