@@ -50,8 +50,11 @@ def test_start_status_restart_stop(workdir):
 
     restarted = lexiconsd("restart", "counter", cwd=workdir)
     assert restarted.returncode == 0, restarted.stderr
+    assert restarted.stdout == "restarted counter: RUNNING\n"
+    dumped = lexiconsd("restart", "counter", "--json", cwd=workdir)
+    assert dumped.returncode == 0 and json.loads(dumped.stdout)["name"] == "counter"
     _, status = status_json(workdir)
-    assert status["services"][1]["info"]["runs"] == 2
+    assert status["services"][1]["info"]["runs"] == 3
 
     stopped = lexiconsd("stop", cwd=workdir)
     assert stopped.returncode == 0, stopped.stderr
@@ -203,7 +206,9 @@ def test_hup_reloads_and_usr1_reopens_log(workdir):
         wait_for(lambda: log.exists() and "log file reopened" in log.read_text(),
                  what="reopened log")
         reload = lexiconsd("reload", cwd=workdir)
-        assert reload.returncode == 0 and '"applied": []' in reload.stdout
+        assert reload.returncode == 0 and reload.stdout == "reloaded: applied nothing changed\n"
+        reload = lexiconsd("reload", "--json", cwd=workdir)
+        assert reload.returncode == 0 and json.loads(reload.stdout)["applied"] == []
     finally:
         assert lexiconsd("stop", cwd=workdir).returncode == 0
     assert "lexiconsd stopped" in (workdir / "lexiconsd.log").read_text()
