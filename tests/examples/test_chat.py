@@ -341,3 +341,23 @@ def test_the_page_is_served_by_lexicons(daemon):
     assert get("/lexicons.js", **{"If-None-Match": headers["ETag"]})[0] == 304
     assert get("/../__init__.py")[0] == 404
     assert get("/nothing.html")[0] == 404
+
+
+def test_readme_python_client_example_works_as_written(daemon):
+    """The README's Python-client example runs against the chat: first it registers, then logs in."""
+    import re
+    import subprocess
+    import sys
+
+    from tests.support.daemon import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```python\n(from lexicons\.client import Client\n.*?)```", readme,
+                      re.DOTALL)
+    assert block, "the README has no Python-client example"
+    code = block.group(1).replace("ws://127.0.0.1:5000/", daemon.ws_url)
+    for run in range(2):  # alice does not exist the first time, and does the second
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"})
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("[{"), done.stdout
