@@ -344,7 +344,7 @@ def test_the_page_is_served_by_lexicons(daemon):
 
 
 def test_readme_python_client_example_works_as_written(daemon):
-    """The README's Python-client example runs against the chat: first it registers, then logs in."""
+    """The README's Python-client example runs on the chat: it registers, then logs in."""
     import re
     import subprocess
     import sys
@@ -356,7 +356,7 @@ def test_readme_python_client_example_works_as_written(daemon):
                       re.DOTALL)
     assert block, "the README has no Python-client example"
     code = block.group(1).replace("ws://127.0.0.1:5000/", daemon.ws_url)
-    for run in range(2):  # alice does not exist the first time, and does the second
+    for _ in range(2):  # alice does not exist the first time, and does the second
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"})
         assert done.returncode == 0, done.stderr
