@@ -119,3 +119,30 @@ def test_python_main_py_run(tmp_path):
             process.kill()
             process.wait(10)
         process.stderr.close()
+
+
+def test_python_main_py_run_says_where_it_listens_and_logs(tmp_path):
+    """With the log in a file, `python main.py run` still says its address and its log."""
+    main = textwrap.dedent(MAIN.format(root=ROOT)).replace('"LOG_PATH": "-"',
+                                                           '"LOG_PATH": "main.log"')
+    (tmp_path / "main.py").write_text(main)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEXICONS_")}
+    process = subprocess.Popen([sys.executable, "main.py", "run", "--port", "0"], cwd=tmp_path,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = process.stderr.readline()
+        found = re.fullmatch(r"lexicons: listening on ws://127\.0\.0\.1:(\d+)/; log: (.+); "
+                             r"data: (.+) \(Ctrl-C stops\)\n", line)
+        assert found, line
+        assert found.group(2) == str(tmp_path / "main.log")
+        assert found.group(3) == str(tmp_path / "data")
+        with Client(f"ws://127.0.0.1:{found.group(1)}/") as client:
+            assert client.call("Echo", data=[1]) == [1]
+        assert "listening on" in (tmp_path / "main.log").read_text()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        process.stderr.close()
