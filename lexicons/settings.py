@@ -257,9 +257,12 @@ def _check_http_url(value: str) -> None:
 
 
 def _check_headers(value: dict) -> None:
-    for name, text in value.items():
-        if not isinstance(name, str) or not isinstance(text, str):
-            raise SettingsError(f"header {name!r}: names and values must be strings")
+    from .backend import check_header_spec  # the sources are the backend module's to name
+
+    for name, spec in value.items():
+        if not isinstance(name, str):
+            raise SettingsError(f"header {name!r}: names must be strings")
+        check_header_spec(name, spec)
 
 
 DEFAULT_SERVICES = [
@@ -386,8 +389,13 @@ declare("BOOTSTRAP_URL", "", STR,
         section="integration", check=_check_http_url)
 declare("BACKEND_TIMEOUT", 5.0, number(0.1), "seconds to wait for the backend's answer",
         section="integration")
-declare("BACKEND_HEADERS", {}, DICT, "extra headers sent to the backend on bootstrap",
+declare("BACKEND_HEADERS", {}, DICT,
+        "extra headers sent to the backend on bootstrap: a value, or {'param'|'header'|"
+        "'cookie': name, 'format': 'Token {}'} taken from the client's request",
         section="integration", check=_check_headers)
+declare("BOOTSTRAP_SOCKET", "", PATH,
+        "UNIX socket to reach the backend through (BOOTSTRAP_URL still gives the path and "
+        "Host); '' dials BOOTSTRAP_URL", section="integration")
 declare("TRIGGER_TRUST", ["127.0.0.1", "::1", "10.0.0.0/8", "172.16.0.0/12",
                          "192.168.0.0/16", "fc00::/7"], STR_LIST,
         "high-templar endpoint: addresses or networks that may POST /trigger/ ('*': any)",

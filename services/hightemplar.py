@@ -169,7 +169,7 @@ class HighTemplarService(Service):
         headers = backend.bootstrap_headers(_client_headers(conn.request), conn.request.query,
                                             self.settings.BACKEND_HEADERS, _ip(conn.address))
         auth = backend.bootstrap(self.settings.BOOTSTRAP_URL, headers,
-                                 self.settings.BACKEND_TIMEOUT)
+                                 self.settings.BACKEND_TIMEOUT, self.settings.BOOTSTRAP_SOCKET)
         if not auth.authorized:
             self._count("refused")
             self.log.info("refused %s: %s", _ip(conn.address), auth.reason)

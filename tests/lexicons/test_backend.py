@@ -196,3 +196,44 @@ def test_slow_bootstrap_does_not_hold_others(backend):
     assert results["fast"][1] - started < 1.0
     slow.join(5)
     assert not results["slow"][0].authorized
+
+
+def test_header_sources_as_high_templars_connection_headers():
+    """BACKEND_HEADERS take values from a query parameter, a header or a cookie, formatted."""
+    extra = {"X-Session-Token": {"param": "session_token"},
+             "X-Forwarded-Host": {"header": "Host"},
+             "X-Session": {"cookie": "sessionid", "format": "Session {}"},
+             "X-Missing": {"param": "nope"},
+             "authorization": {"param": "key", "format": "Bearer {}"},
+             "X-Fixed": "1"}
+    headers = bootstrap_headers({"cookie": "sessionid=abc", "host": "front:80"},
+                                {"session_token": "st", "token": "T", "key": "K"}, extra)
+    assert headers == {"Accept": "*/*", "Cookie": "sessionid=abc", "X-Session-Token": "st",
+                       "X-Forwarded-Host": "front:80", "X-Session": "Session abc",
+                       "authorization": "Bearer K", "X-Fixed": "1"}
+    # a source without a value replaces the default all the same: no Authorization at all
+    assert "Authorization" not in bootstrap_headers({}, {"token": "T"},
+                                                    {"Authorization": {"param": "key"}})
+
+
+@pytest.mark.parametrize("spec", [5, {"param": 1}, {"param": "a", "cookie": "b"}, {},
+                                  {"param": "a", "format": "no placeholder"},
+                                  {"param": "a", "format": "{0} {1}"}, {"query": "a"}])
+def test_bad_header_specs_are_bad_settings(spec):
+    """A BACKEND_HEADERS value that is neither a string nor a known source is refused."""
+    from lexicons import settings
+    from lexicons.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="BACKEND_HEADERS: header 'X'"):
+        settings.load(None, env={}, overrides={"BACKEND_HEADERS": {"X": spec}})
+
+
+def test_bootstrap_through_a_unix_socket(tmp_path):
+    """BOOTSTRAP_SOCKET reaches the backend over a UNIX socket; the URL gives path and Host."""
+    path = str(tmp_path / "backend.sock")
+    with Backend(unix_path=path) as unix_backend:
+        auth = bootstrap("http://api.internal/ok", {"Cookie": "a=1"}, 2.0, unix_socket=path)
+        assert auth == Authorization(True, ROOMS)
+        seen = unix_backend.headers_of()
+        assert seen["host"] == "api.internal" and seen["cookie"] == "a=1"
+    assert not bootstrap("http://api.internal/ok", {}, 1.0, unix_socket=path).authorized

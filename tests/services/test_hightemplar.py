@@ -152,6 +152,17 @@ def test_answer_without_allowed_rooms_authorizes_with_none(nodes, backend):
     client.close()
 
 
+def test_backend_on_a_unix_socket_with_a_header_from_the_query(nodes, tmp_path):
+    """BOOTSTRAP_SOCKET and a BACKEND_HEADERS source, as high-templar's API_SOCKET and
+    CONNECTION_HEADERS = {'X-Session-Token': header.Param('session_token')}."""
+    path = str(tmp_path / "api.sock")
+    with Backend(unix_path=path) as unix_backend:
+        node = nodes.start(BOOTSTRAP_URL="http://api.internal/ok", BOOTSTRAP_SOCKET=path,
+                           BACKEND_HEADERS={"X-Session-Token": {"param": "session_token"}})
+        authorized(node, "?session_token=s3").close()
+        assert unix_backend.headers_of()["x-session-token"] == "s3"
+
+
 def test_redirected_bootstrap_authorizes(nodes, backend):
     """A backend that redirects the bootstrap (say, to add a slash) still authorizes."""
     node = nodes.start(BOOTSTRAP_URL=backend.url("/redirect"))

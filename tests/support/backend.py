@@ -22,6 +22,7 @@ Every request's headers are recorded in ``requests`` as (path, {name: value}).
 from __future__ import annotations
 
 import json
+import socketserver
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,7 +34,8 @@ ROOMS = [{"target": "message", "customer": "1"}, {"target": "user", "id": "*"}]
 class Backend:
     """A running test backend; use as a context manager."""
 
-    def __init__(self, rooms: list[dict[str, Any]] | None = None, slow_delay: float = 3.0):
+    def __init__(self, rooms: list[dict[str, Any]] | None = None, slow_delay: float = 3.0,
+                 unix_path: str | None = None):
         self.rooms = ROOMS if rooms is None else rooms
         self.slow_delay = slow_delay
         self.requests: list[tuple[str, dict[str, str]]] = []
@@ -48,9 +50,18 @@ class Backend:
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 backend._handle(self)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if unix_path is not None:  # the backend on a UNIX socket (port: none)
+            class UnixServer(socketserver.ThreadingUnixStreamServer):
+                def get_request(self):  # type: ignore[no-untyped-def]
+                    sock, _ = super().get_request()
+                    return sock, ("unix", 0)
+
+            self.server = UnixServer(unix_path, Handler)
+            self.port = 0
+        else:
+            self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            self.port = self.server.server_address[1]
         self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
                                        name="test-backend")
 
