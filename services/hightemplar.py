@@ -174,7 +174,7 @@ class HighTemplarService(Service):
             self._count("refused")
             self.log.info("refused %s: %s", _ip(conn.address), auth.reason)
             self._send(conn, ht.refusal())
-            conn.close(CLOSE_NORMAL, "not authorized")
+            conn.close(CLOSE_NORMAL, "")  # no reason, as high-templar 3.1.0
             return
         session = ht.Session(str(uuid.uuid4()), auth.allowed_rooms)
         with self._lock:
@@ -347,7 +347,7 @@ class HighTemplarService(Service):
             idle = [c.conn for c in self._clients.values() if c.last_seen < limit]
         for conn in idle:
             if conn.open:
-                conn.close(CLOSE_NORMAL, f"idle for {timeout:g} s")
+                conn.close(CLOSE_NORMAL, "")  # no reason, as high-templar 3.1.0
                 self._count("idle_closed")
         return len(idle)
 

@@ -142,7 +142,7 @@ def test_subscribe_success():
     s = session()
     room = {"customer": "1", "target": "message"}
     actions = subscribe(s, room, "7")
-    assert actions == [Joined(room_key(room), room, "7"), Reply('{"code":"success"}')]
+    assert actions == [Joined(room_key(room), room, "7"), Reply('{"code": "success"}')]
     assert list(s.subscriptions.values())[0].request_id == "7"
 
 
@@ -221,7 +221,7 @@ def test_one_request_id_may_name_two_rooms():
     second = {"target": "user", "id": 3}
     subscribe(s, first, "x")
     actions = subscribe(s, second, "x")
-    assert actions == [Joined(room_key(second), second, "x"), Reply('{"code":"success"}')]
+    assert actions == [Joined(room_key(second), second, "x"), Reply('{"code": "success"}')]
     assert len(s.subscriptions) == 2
     assert s.receive('{"type":"unsubscribe","requestId":"x"}')[0] == Left(room_key(first), "x")
     assert s.receive('{"type":"unsubscribe","requestId":"x"}')[0] == Left(room_key(second), "x")
@@ -235,7 +235,7 @@ def test_same_subscription_twice_is_one():
     room = {"target": "message", "customer": "1"}
     subscribe(s, room, "x")
     assert subscribe(s, dict(reversed(list(room.items()))), "x") == [
-        Reply('{"code":"success"}')]
+        Reply('{"code": "success"}')]
     assert len(s.subscriptions) == 1
 
 
@@ -245,7 +245,7 @@ def test_unsubscribe_success():
     room = {"target": "message", "customer": "1"}
     subscribe(s, room, "1")
     actions = s.receive('{"type":"unsubscribe","requestId":"1"}')
-    assert actions == [Left(room_key(room), "1"), Reply('{"code":"success"}')]
+    assert actions == [Left(room_key(room), "1"), Reply('{"code": "success"}')]
     assert s.subscriptions == {}
 
 
@@ -300,11 +300,19 @@ def test_binary_is_read_as_json():
     assert session().receive_binary(b'{"type":"status"}') == [StatusAsked()]
 
 
+def test_replies_are_the_bytes_high_templar_sends():
+    """Replies are encoded as 3.1.0's json.dumps: ", " and ": " separators, ASCII escapes."""
+    assert welcome([{"a": "é"}]) == '{"is_authorized": true, "allowed_rooms": [{"a": "\\u00e9"}]}'
+    assert refusal() == '{"is_authorized": false}'
+    assert publish_message({"t": "é"}, "a") == (
+        '{"type": "publish", "data": {"t": "\\u00e9"}, "requestId": "a"}')
+
+
 def test_error_reply_key_order():
     """Errors naming the connection put requestId first, as high-templar sent them."""
     assert error("non-json-message", "abc", with_id=True) == (
-        '{"requestId":"abc","code":"error","message":"non-json-message"}')
-    assert error("no-request-id") == '{"code":"error","message":"no-request-id"}'
+        '{"requestId": "abc", "code": "error", "message": "non-json-message"}')
+    assert error("no-request-id") == '{"code": "error", "message": "no-request-id"}'
 
 
 def test_close_leaves_every_room():
@@ -343,7 +351,7 @@ def test_trigger_parses():
     """A trigger body with rooms and data gives both; data may be null."""
     t = parse_trigger(b'{"rooms":[{"target":"message"}],"data":{"x":1}}')
     assert t == Trigger([{"target": "message"}], {"x": 1})
-    assert t.data_json == b'{"x":1}'
+    assert t.data_json == b'{"x": 1}'
     assert parse_trigger('{"rooms":[],"data":null}') == Trigger([], None)
 
 
