@@ -11,6 +11,7 @@ import fcntl
 import logging
 import os
 import threading
+from collections.abc import Callable
 
 from .errors import LockError
 
@@ -58,6 +59,22 @@ def holder(path: str) -> int | None:
         os.close(fd)
 
 
+def _lock_exclusive(path: str, held: Callable[[int | None], str]) -> int:
+    """Open *path* and take an exclusive flock; LockError saying ``held(pid)`` if taken."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise LockError(f"cannot open lock file {path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise LockError(held(read_pid(path))) from None
+        raise LockError(f"cannot lock {path}: {exc.strerror}") from exc
+    return fd
+
+
 class LockFile:
     """An exclusive lock on a file that holds the owner's pid."""
 
@@ -70,19 +87,8 @@ class LockFile:
         directory = os.path.dirname(self.path)
         if directory:
             os.makedirs(directory, exist_ok=True)
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise LockError(f"cannot open lock file {self.path}: {exc.strerror}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                pid = read_pid(self.path)
-                raise LockError(f"lexiconsd is already running (pid {pid or 'unknown'}, "
-                                f"lock {self.path})") from None
-            raise LockError(f"cannot lock {self.path}: {exc.strerror}") from exc
+        fd = _lock_exclusive(self.path, lambda pid: (
+            f"lexiconsd is already running (pid {pid or 'unknown'}, lock {self.path})"))
         previous = read_pid(self.path)
         if previous and previous != os.getpid():
             state = "still alive but not holding it" if _pid_alive(previous) else "gone"
@@ -141,20 +147,10 @@ class DirectoryLock:
             self.held = True
 
     def _lock(self) -> int:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise LockError(f"cannot open {self.path}: {exc.strerror}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                pid = read_pid(self.path)
-                raise LockError(f"data directory {self.directory} is in use by another "
-                                f"process (pid {pid or 'unknown'}, lock {self.path}); "
-                                "two processes must not share a DATA_DIR") from None
-            raise LockError(f"cannot lock {self.path}: {exc.strerror}") from exc
+        fd = _lock_exclusive(self.path, lambda pid: (
+            f"data directory {self.directory} is in use by another process "
+            f"(pid {pid or 'unknown'}, lock {self.path}); two processes must not share a "
+            "DATA_DIR"))
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         return fd
