@@ -12,9 +12,10 @@ import pytest
 
 from examples.chat.models import ChatMessage, Room, User
 from examples.chat.tasks import CreateLobby, PruneMessages
+from lexicons.client import Client
 from lexicons.database import Database
 from lexicons.errors import CallError, Refused
-from tests.examples.chat_daemon import ChatClient, ChatDaemon
+from tests.examples.chat_daemon import TIMEOUT, ChatClient, ChatDaemon
 
 _names = itertools.count(1)
 
@@ -361,3 +362,38 @@ def test_readme_python_client_example_works_as_written(daemon):
                               timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"})
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith("[{"), done.stdout
+
+
+def test_browser_sessions_outlive_a_clean_restart(tmp_path):
+    """A session from POST /session still gives tickets after stop/start; no token on disk."""
+    import http.client
+
+    def post(port: int, body: dict) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+        try:
+            conn.request("POST", "/session", body=json.dumps(body).encode(),
+                         headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            conn.close()
+
+    chat = ChatDaemon(tmp_path).start()
+    try:
+        status, answer = post(chat.port, {"headers": {"Register": {"name": "ida",
+                                                                   "password": "pass1234"}}})
+        assert status == 200, answer
+        chat.stop()
+        kept = tmp_path / "data" / "sessions.json"
+        assert kept.stat().st_mode & 0o777 == 0o600
+        assert answer["session"] not in kept.read_text()
+        chat.start(port=chat.port)
+        status, renewed = post(chat.port, {"session": answer["session"]})
+        assert status == 200, renewed
+        with Client(f"{chat.ws_url}?ticket={renewed['ticket']}", timeout=TIMEOUT) as client:
+            client.call("Subscribe", channel="user:ida")  # the login's grants came back too
+    finally:
+        try:
+            chat.stop()
+        finally:
+            chat.kill()
