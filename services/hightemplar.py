@@ -101,6 +101,8 @@ class HighTemplarService(Service):
         self.received = 0
         self.sent = 0
         self.failed = 0
+        self.published = 0        # publishes only: high-templar's ws_messages_send
+        self.publish_failed = 0
         self.authorized = 0
         self.refused = 0
         self.idle_closed = 0
@@ -111,7 +113,7 @@ class HighTemplarService(Service):
     # --- lifecycle ------------------------------------------------------------------
 
     def setup(self) -> None:
-        self.online_since = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        self.online_since = datetime.datetime.now().isoformat()  # local time, as 3.1.0 says it
         if not self.enabled:
             self.log.info("high-templar endpoint off (BOOTSTRAP_URL is not set)")
             return
@@ -167,12 +169,12 @@ class HighTemplarService(Service):
         headers = backend.bootstrap_headers(_client_headers(conn.request), conn.request.query,
                                             self.settings.BACKEND_HEADERS, _ip(conn.address))
         auth = backend.bootstrap(self.settings.BOOTSTRAP_URL, headers,
-                                 self.settings.BACKEND_TIMEOUT)
+                                 self.settings.BACKEND_TIMEOUT, self.settings.BOOTSTRAP_SOCKET)
         if not auth.authorized:
             self._count("refused")
             self.log.info("refused %s: %s", _ip(conn.address), auth.reason)
             self._send(conn, ht.refusal())
-            conn.close(CLOSE_NORMAL, "not authorized")
+            conn.close(CLOSE_NORMAL, "")  # no reason, as high-templar 3.1.0
             return
         session = ht.Session(str(uuid.uuid4()), auth.allowed_rooms)
         with self._lock:
@@ -228,7 +230,7 @@ class HighTemplarService(Service):
             first = members is None
             if first:
                 members = self._rooms[key] = {}
-            members[(conn, ht.dumps(request_id))] = ht.id_json(request_id)
+            members[(conn, ht.id_key(request_id))] = ht.id_json(request_id)
             self._snapshots.pop(key, None)
             if first and self.backplane is not None:
                 self.backplane.join(key, space=SPACE)
@@ -236,7 +238,7 @@ class HighTemplarService(Service):
     def _leave(self, conn: Any, key: str, request_id: Any) -> None:
         with self._lock:
             members = self._rooms.get(key)
-            if members is None or members.pop((conn, ht.dumps(request_id)), None) is None:
+            if members is None or members.pop((conn, ht.id_key(request_id)), None) is None:
                 return
             self._snapshots.pop(key, None)
             if not members:
@@ -260,9 +262,11 @@ class HighTemplarService(Service):
             open_connections = sum(1 for conn in self._clients if conn.open)
             num_rooms = sum(1 for members in self._rooms.values()
                             if any(conn.open for conn, _ in members))
+        amqp = self.manager.get_service("amqp") if self.manager.has_service("amqp") else None
+        amqp_received = amqp.consumed + amqp.bad if amqp is not None else 0
         with self._counts_lock:
-            return ht.Status(open_connections, num_rooms, self.online_since, self.received,
-                             self.sent, self.failed)
+            return ht.Status(open_connections, num_rooms, self.online_since, amqp_received,
+                             self.received, self.published, self.publish_failed)
 
     # --- publishing ---------------------------------------------------------------------
 
@@ -272,14 +276,15 @@ class HighTemplarService(Service):
         Returns the number of distinct rooms published to.
         """
         data = trigger.data_json
-        keys = list(dict.fromkeys(ht.room_key(room) for room in trigger.rooms))
+        # a room named twice is published twice, as high-templar 3.1.0 does
+        keys = [ht.room_key(room) for room in trigger.rooms]
         self._count("triggers")
         for key in keys:
             if cluster and self.backplane is not None:
                 self.backplane.publish(key, data, space=SPACE)
             else:
                 self.deliver(key, data)
-        return len(keys)
+        return len(set(keys))
 
     def deliver(self, key: str, data_json: bytes) -> None:
         """Send encoded data to this node's subscriptions of room *key* (backplane receiver)."""
@@ -302,6 +307,8 @@ class HighTemplarService(Service):
         with self._counts_lock:
             self.sent += sent
             self.failed += failed
+            self.published += sent
+            self.publish_failed += failed
 
     def trigger_route(self, request: Any) -> Any:
         """Answer ``POST /trigger/``: 400 saying what is missing, 200 once published."""
@@ -340,7 +347,7 @@ class HighTemplarService(Service):
             idle = [c.conn for c in self._clients.values() if c.last_seen < limit]
         for conn in idle:
             if conn.open:
-                conn.close(CLOSE_NORMAL, f"idle for {timeout:g} s")
+                conn.close(CLOSE_NORMAL, "")  # no reason, as high-templar 3.1.0
                 self._count("idle_closed")
         return len(idle)
 

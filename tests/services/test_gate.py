@@ -6,6 +6,7 @@ import time
 import pytest
 
 from lexicons.application import Application
+from lexicons.client import Client
 from lexicons.errors import NotPermitted, Refused
 from lexicons.header import Header
 from lexicons.signal import Signal
@@ -145,3 +146,107 @@ def test_untrusted_addresses_get_403():
     with serving(app(headers=()), TRUST=["127.0.0.0/8"]) as running:
         with running.client() as c:
             assert c.call("Whoami")["auth"] == {}
+
+
+# --- sessions and tickets (POST /session) ---------------------------------------------
+
+
+def session_request(running, method: str, body) -> tuple[int, dict]:
+    """Send *body* as JSON to /session; return the status and the decoded answer."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", running.port, timeout=5)
+    try:
+        conn.request(method, "/session", body=json.dumps(body).encode(),
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        answer = json.loads(response.read())
+        if response.status == 200:
+            assert response.getheader("Cache-Control") == "no-store"
+        return response.status, answer
+    finally:
+        conn.close()
+
+
+def with_ticket(running, ticket: str) -> Client:
+    """Connect with only ?ticket= in the URL."""
+    return Client(f"{running.url}?ticket={ticket}", timeout=5.0)
+
+
+def test_login_over_post_then_connect_with_a_ticket():
+    """POST /session runs the headers; ?ticket= alone admits with what they established."""
+    with serving(app()) as running:
+        status, answer = session_request(running, "POST",
+                                         {"headers": {"Login": {"user": "ann",
+                                                                "password": "secret"}}})
+        assert status == 200 and set(answer) == {"session", "ticket", "ticket_ttl"}
+        with with_ticket(running, answer["ticket"]) as c:
+            assert c.call("Whoami") == {"auth": {"user": "ann"}, "nickname": "ANN"}
+
+
+def test_a_ticket_is_good_for_one_connect():
+    """A used ticket is refused (401); the session gives a new one for the next connect."""
+    with serving(app()) as running:
+        _, answer = session_request(running, "POST", {"headers": {"Login": {
+            "user": "bob", "password": "hunter2"}}})
+        with_ticket(running, answer["ticket"]).close()
+        with pytest.raises(Refused) as info:
+            with_ticket(running, answer["ticket"])
+        assert info.value.status == 401 and "log in again" in info.value.reason
+        status, again = session_request(running, "POST", {"session": answer["session"]})
+        assert status == 200 and again["ticket"] != answer["ticket"]
+        with with_ticket(running, again["ticket"]) as c:
+            assert c.call("Whoami")["auth"] == {"user": "bob"}
+
+
+def test_a_ticket_expires():
+    """A ticket unused for TICKET_TTL seconds is refused."""
+    with serving(app(), TICKET_TTL=1.0) as running:
+        _, answer = session_request(running, "POST", {"headers": {"Login": {
+            "user": "ann", "password": "secret"}}})
+        time.sleep(1.5)
+        with pytest.raises(Refused) as info:
+            with_ticket(running, answer["ticket"])
+        assert info.value.status == 401
+
+
+def test_bad_login_is_refused_like_a_connect():
+    """Wrong credentials over POST get the connect's 401 and reason; bad bodies 400."""
+    with serving(app()) as running:
+        status, answer = session_request(running, "POST", {"headers": {"Login": {
+            "user": "ann", "password": "wrong"}}})
+        assert (status, answer["reason"]) == (401, "Login: refused")
+        assert session_request(running, "POST", {"headers": {"Login": "x"}})[0] == 400
+        assert session_request(running, "POST", [1])[0] == 400
+        status, answer = session_request(running, "POST", {"session": "made-up"})
+        assert (status, answer["reason"]) == (401, "the session has ended: log in again")
+        assert session_request(running, "PUT", {})[0] == 405
+
+
+def test_logout_ends_the_session_and_its_tickets():
+    """DELETE /session ends the session: its unused ticket and its token are no good."""
+    with serving(app()) as running:
+        _, answer = session_request(running, "POST", {"headers": {"Login": {
+            "user": "ann", "password": "secret"}}})
+        assert session_request(running, "DELETE", {"session": answer["session"]}) == (
+            200, {"ended": True})
+        with pytest.raises(Refused):
+            with_ticket(running, answer["ticket"])
+        assert session_request(running, "POST", {"session": answer["session"]})[0] == 401
+        assert session_request(running, "DELETE", {"session": answer["session"]}) == (
+            200, {"ended": False})
+
+
+def test_gate_check_tells_whether_a_ticket_is_good():
+    """GET /gate?ticket= answers 200 for a good ticket (without using it), 401 otherwise."""
+    import http.client
+
+    with serving(app()) as running:
+        _, answer = session_request(running, "POST", {"headers": {"Login": {
+            "user": "ann", "password": "secret"}}})
+        for ticket, expected in ((answer["ticket"], 200), ("nope", 401)):
+            conn = http.client.HTTPConnection("127.0.0.1", running.port, timeout=5)
+            conn.request("GET", f"/gate?ticket={ticket}")
+            assert conn.getresponse().status == expected
+            conn.close()
+        with_ticket(running, answer["ticket"]).close()  # still good: /gate did not use it

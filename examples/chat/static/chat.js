@@ -1,5 +1,6 @@
 // The chat page: log in or register, rooms, direct messages, live messages.
 import { CallError, Client, RefusedError } from "./lexicons.js";
+import { Session } from "./session.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -315,6 +316,15 @@ async function resume() {
   await open(active);
 }
 
+// Logging in goes through the session endpoint: the password is sent once, in
+// a POST body; every connect (reconnects too) carries a one-use ticket only,
+// and a reload of the page resumes the session kept in sessionStorage.
+const session = new Session();
+
+function setBusy(busy) {
+  for (const button of document.querySelectorAll("#login-form button")) button.disabled = busy;
+}
+
 async function login(header) {
   const name = $("name").value.trim();
   const password = $("password").value;
@@ -325,33 +335,53 @@ async function login(header) {
     error.hidden = false;
     return;
   }
-  for (const button of document.querySelectorAll("#login-form button")) button.disabled = true;
-  const client = new Client({ headers: { [header]: { name, password } } });
-  listen(client);
+  setBusy(true);
   try {
-    await client.connect();
-    // Registered now: a reconnect must log in (registering again would be refused).
-    client.headers = { Login: { name, password } };
-    await client.subscribe("public");
-    state.client = client;
-    state.me = name;
-    $("me").textContent = name;
-    $("logout").hidden = false;
-    $("login-view").hidden = true;
-    $("chat-view").hidden = false;
+    await session.login({ [header]: { name, password } }, { name });
     $("password").value = "";
-    await resume();
+    await enter(name);
   } catch (failure) {
-    client.close();
     error.textContent = failure instanceof RefusedError
       ? refusal(failure.reason) : `Cannot connect: ${explain(failure)}`;
     error.hidden = false;
   } finally {
-    for (const button of document.querySelectorAll("#login-form button")) button.disabled = false;
+    setBusy(false);
+  }
+}
+
+// Connect with the session's tickets as `name`; show the chat. Rejects when refused.
+async function enter(name) {
+  const client = new Client({ query: session.query });
+  listen(client);
+  try {
+    await client.connect();
+    await client.subscribe("public");
+  } catch (failure) {
+    client.close();
+    throw failure;
+  }
+  state.client = client;
+  state.me = name;
+  $("me").textContent = name;
+  $("logout").hidden = false;
+  $("login-view").hidden = true;
+  $("chat-view").hidden = false;
+  await resume();
+}
+
+// After a reload: the session kept in this tab logs in again without a password.
+async function restore() {
+  if (!session.active || !session.info?.name) return;
+  try {
+    await enter(session.info.name);
+  } catch (failure) {
+    const reason = failure instanceof RefusedError ? failure.reason : explain(failure);
+    logout(reason);
   }
 }
 
 function logout(reason) {
+  session.logout();
   if (state.client) state.client.close();
   Object.assign(state, { client: null, me: "", active: "", online: [] });
   for (const key of ["rooms", "joined", "dms", "messages", "unread"]) state[key].clear();
@@ -372,3 +402,4 @@ $("leave").addEventListener("click", () => { leave().catch(() => {}); });
 $("composer").addEventListener("submit", send);
 $("new-room").addEventListener("submit", (event) => { createRoom(event).catch(() => {}); });
 $("name").focus();
+restore();

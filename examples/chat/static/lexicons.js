@@ -27,6 +27,10 @@
 // connect, the client asks the server's plain HTTP check endpoint (/gate, same
 // query) why, and rejects with that reason; a client that cannot reach it is
 // told the server is unreachable.
+//
+// A password does not belong in a URL (the console, the history and proxy logs
+// keep them): log in with session.js and pass its `query` function, so that
+// each connect carries a one-use ticket only.
 
 /** An error the server answered a call with; `messages` holds its texts. */
 export class CallError extends Error {
@@ -70,6 +74,9 @@ export class Client {
    * @param {number} [options.minDelay] first reconnect delay in ms (doubles each try)
    * @param {number} [options.maxDelay] longest reconnect delay in ms
    * @param {number} [options.timeout]  ms to wait for an answer before rejecting a call
+   * @param {function} [options.query]  async () => {name: value}: more query parameters,
+   *                                    asked afresh for each connect (a session's ticket);
+   *                                    a RefusedError from it refuses the connect
    */
   constructor(options = {}) {
     this.url = options.url || defaultUrl();
@@ -78,6 +85,8 @@ export class Client {
     this.minDelay = options.minDelay ?? 500;
     this.maxDelay = options.maxDelay ?? 15000;
     this.timeout = options.timeout ?? 15000;
+    this.query = options.query || null;
+    this.lastUrl = "";
     this.state = "idle";            // idle, connecting, open, waiting, closed
     this.socket = null;
     this.channels = new Set();      // subscribed by this client: re-subscribed on reconnect
@@ -91,12 +100,13 @@ export class Client {
     this.retryTimer = null;
   }
 
-  /** Return the websocket URL with the headers as query parameters. */
-  connectUrl() {
+  /** Return the websocket URL with the headers (and `extra`) as query parameters. */
+  connectUrl(extra = {}) {
     const url = new URL(this.url, location.href);
     for (const [name, kwargs] of Object.entries(this.headers)) {
       url.searchParams.set(name, JSON.stringify(kwargs));
     }
+    for (const [name, value] of Object.entries(extra)) url.searchParams.set(name, value);
     return url.toString();
   }
 
@@ -108,7 +118,33 @@ export class Client {
 
   open(resolve, reject) {
     this.setState("connecting");
-    const socket = new WebSocket(this.connectUrl());
+    if (!this.query) {
+      this.dial({}, resolve, reject);
+      return;
+    }
+    Promise.resolve().then(() => this.query()).then(
+      (extra) => { if (this.state !== "closed") this.dial(extra || {}, resolve, reject); },
+      (error) => this.queryFailed(error, reject));
+  }
+
+  // The query function failed: refused (say so, for good), or the server is unreachable.
+  queryFailed(error, reject) {
+    if (this.state === "closed") return;
+    if (error instanceof RefusedError) {
+      this.setState("closed");
+      this.emit("refused", error);
+      if (reject) reject(error);
+    } else if (!this.everOpen && reject) {
+      this.setState("closed");
+      reject(new ConnectionError(`cannot reach the server (${error.message || error})`));
+    } else {
+      this.retry();
+    }
+  }
+
+  dial(extra, resolve, reject) {
+    this.lastUrl = this.connectUrl(extra);
+    const socket = new WebSocket(this.lastUrl);
     this.socket = socket;
     let opened = false;
     socket.onopen = () => {
@@ -148,7 +184,7 @@ export class Client {
 
   /** Ask the check endpoint why the last connect failed: a RefusedError, or null. */
   async whyNot() {
-    const url = new URL(this.connectUrl());
+    const url = new URL(this.lastUrl || this.connectUrl());
     url.protocol = url.protocol === "wss:" ? "https:" : "http:";
     url.pathname = this.checkPath;
     try {
