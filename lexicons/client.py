@@ -11,8 +11,9 @@
 Headers go on the upgrade request as ``Name: <JSON>`` (or, with
 ``query=True``, as URL query parameters, as a browser would send them). A
 refused connection raises :class:`lexicons.errors.Refused` with the status
-and the server's reason. ``call`` tags the call with an id (``"#"``) and
-waits for the answer carrying it; an error answer raises
+and the server's reason (and, in ``messages``, what its headers sent first).
+``call`` tags the call with an id (``"#"``) and waits for the answer carrying
+it; an error answer raises
 :class:`lexicons.errors.CallFailed`. Several threads may call at once.
 """
 from __future__ import annotations
@@ -50,7 +51,7 @@ class _Socket(simple_websocket.Client):
                 data = self.sock.recv(self.receive_bytes)
                 if not data:
                     raise Refused(status, _reason(body) or "connection closed during the "
-                                                          "handshake")
+                                                          "handshake", _messages(body))
                 self.ws.receive_data(data)
                 for event in self.ws.events():
                     if isinstance(event, AcceptConnection):
@@ -64,10 +65,18 @@ class _Socket(simple_websocket.Client):
                     elif isinstance(event, RejectData):
                         body += event.data
                         if event.body_finished:
-                            raise Refused(status, _reason(body) or "refused")
+                            raise Refused(status, _reason(body) or "refused", _messages(body))
         except BaseException:
             self.sock.close()
             raise
+
+
+def _messages(body: bytes) -> list:
+    try:
+        messages = json.loads(body).get("messages", [])
+    except (ValueError, AttributeError):
+        return []
+    return messages if isinstance(messages, list) else []
 
 
 def _reason(body: bytes) -> str:

@@ -885,10 +885,12 @@ class Database:
         pk = self._pk_of(table, row)
         if "pk" in fields:
             raise ValidationError(f"{table.name}.pk cannot be changed")
-        if not fields and isinstance(row, Model):
+        from_instance = not fields and isinstance(row, Model)
+        if from_instance:   # the instance's values as stored: its setters already ran
             fields = {n: row.__dict__[n] for n in table.schema.names if n in row.__dict__}
         setters = table.schema.setters
-        computed = {n: fields.pop(n) for n in list(fields) if n in setters}
+        computed = {} if from_instance else {n: fields.pop(n) for n in list(fields)
+                                             if n in setters}
         changes = {}
         for name, value in fields.items():
             field = table.fields.get(name)

@@ -17,6 +17,25 @@
         def password(self, value: str) -> None:   # a computed field: stores a hash
             self.password_hash = hash_password(value)
 
+A property with a setter whose value lives in ``_name`` is a *stored* field named
+by the property: the column holds what the setter stored, and queries compare
+with that stored value::
+
+    class Account(Model):
+        email: str
+        _password: str                     # or: getter and setter both use self._password
+
+        @property
+        def password(self):
+            return self._password
+
+        @password.setter
+        def password(self, raw):
+            self._password = encrypt(raw)  # the ``password`` column holds the hash
+
+    db.create(Account, email=e, password="raw")           # stores encrypt("raw")
+    db.get(Account, email=e, password=encrypt("raw"))     # finds it
+
 The class name is the table name. Annotated class attributes are the fields:
 ``str``, ``int``, ``float``, ``bool``, ``list``, ``set``, ``dict``, typed
 containers (``list[int]``, ``set[str]``, ``dict[str, float]``), ``X | None``
@@ -325,12 +344,14 @@ class Schema:
     """What the database needs to know about one Model class."""
 
     def __init__(self, model: type[Model], fields: dict[str, Field],
-                 setters: dict[str, property]):
+                 setters: dict[str, property], backing: dict[str, str] | None = None):
         self.model = model
         self.name = model.__name__
         self.fields = fields
         self.names = tuple(fields)
         self.setters = setters
+        #: Stored properties: the private attribute their code uses -> the field's name.
+        self.backing = backing or {}
         self.refs = {name: f for name, f in fields.items() if f.kind == "ref"}
 
 
@@ -389,6 +410,34 @@ def _resolve(cls: type[Model], name: str, annotation: Any) -> Field | None:
     raise TypeError(f"{model}.{name}: unsupported field type {annotation!r}")
 
 
+def _stored_property(cls: type[Model], name: str, prop: property,
+                     hints: dict[str, Any]) -> Field | None:
+    """Return the Field of a property stored under its own name, or None if it is computed.
+
+    A property with a setter is *stored* when it keeps its value in ``_name``:
+    the class annotates ``_name``, or both the getter and the setter use
+    ``self._name``. The column is then named by the property and holds what the
+    setter stored (``User.password`` storing ``encrypt(raw)`` in ``_password``
+    makes a ``password`` column holding the hash). Its type is ``_name``'s
+    annotation, else the getter's return annotation, else ``str``.
+    """
+    private = "_" + name
+    annotation = hints.get(private, MISSING)
+    if annotation is MISSING:
+        codes = [getattr(f, "__code__", None) for f in (prop.fget, prop.fset)]
+        if not all(code is not None and private in code.co_names for code in codes):
+            return None
+        try:
+            annotation = typing.get_type_hints(prop.fget).get("return", str)
+        except Exception:  # an annotation that does not resolve: a str column
+            annotation = str
+    field = _resolve(cls, private, annotation)
+    if field is None:
+        return None
+    field.name = name
+    return field
+
+
 def _hints(cls: type[Model]) -> dict[str, Any]:
     """Return the annotations of *cls* and its bases, resolved where possible."""
     raw: dict[str, Any] = {}
@@ -431,7 +480,8 @@ class Model:
         if schema is not None:
             return schema
         fields: dict[str, Field] = {}
-        for name, annotation in _hints(cls).items():
+        hints = _hints(cls)
+        for name, annotation in hints.items():
             if name.startswith("_") or name == "pk":
                 continue
             field = _resolve(cls, name, annotation)
@@ -444,7 +494,13 @@ class Model:
                     if name in fields:
                         raise TypeError(f"{cls.__name__}.{name} is both a field and a property")
                     setters[name] = attr
-        schema = Schema(cls, fields, setters)
+        backing: dict[str, str] = {}
+        for name, prop in setters.items():
+            field = _stored_property(cls, name, prop, hints)
+            if field is not None:
+                fields[name] = field
+                backing["_" + name] = name
+        schema = Schema(cls, fields, setters, backing)
         cls._lx_schema = schema
         return schema
 
@@ -458,23 +514,41 @@ class Model:
             d[name] = field.fresh_default()
         later = []
         for name, value in values.items():
-            field = fields.get(name)
-            if field is not None:
-                d[name] = field.check(value)
-            elif name in schema.setters:
+            if name in schema.setters:   # computed and stored properties: their setter
                 later.append((name, value))
-            else:
+                continue
+            field = fields.get(name)
+            if field is None:
                 raise ValidationError(f"{schema.name} has no field {name!r}")
+            d[name] = field.check(value)
         for name, value in later:
             setattr(self, name, value)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        field = type(self)._schema().fields.get(name)
+        schema = type(self)._schema()
+        field = schema.fields.get(name)
         if field is not None:
+            if name in schema.setters:   # a stored property: its setter says what is stored
+                object.__setattr__(self, name, value)
+                return
             value = field.check(value)
         elif name == "pk":
             value = check_pk(type(self).__name__, value)
+        else:
+            target = schema.backing.get(name)
+            if target is not None:   # ``self._password = ...`` in a stored property's setter
+                self.__dict__[target] = schema.fields[target].check(value)
+                return
         object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal look-up fails: ``self._password`` in a stored
+        # property's getter reads the row's ``password`` value.
+        schema = type(self).__dict__.get("_lx_schema")
+        target = schema.backing.get(name) if schema is not None else None
+        if target is not None and target in self.__dict__:
+            return self.__dict__[target]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _to_dict(self) -> dict[str, Any]:
         """Return the row as JSON-ready data: pk and fields (sets as sorted lists)."""

@@ -143,13 +143,13 @@ class Admission:
                 HTTPError(400, "the websocket handshake could not complete")), self.tls)
             return None
 
-    def refuse(self, status: int, reason: str,
-               headers: tuple[tuple[str, str], ...] = ()) -> None:
-        """Answer the request with an HTTP error (JSON body) and close."""
+    def refuse(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = (),
+               body: dict[str, Any] | None = None) -> None:
+        """Answer the request with an HTTP error (JSON body, plus *body*'s keys) and close."""
         self._end()
         self.listener.refused[status] += 1
-        self.listener.respond(self.sock, http.error_response(HTTPError(status, reason, headers)),
-                              self.tls)
+        error = HTTPError(status, reason, headers, body)
+        self.listener.respond(self.sock, http.error_response(error), self.tls)
 
     def _end(self) -> None:
         if self.done:
