@@ -344,14 +344,12 @@ class Schema:
     """What the database needs to know about one Model class."""
 
     def __init__(self, model: type[Model], fields: dict[str, Field],
-                 setters: dict[str, property], backing: dict[str, str] | None = None):
+                 setters: dict[str, property]):
         self.model = model
         self.name = model.__name__
         self.fields = fields
         self.names = tuple(fields)
         self.setters = setters
-        #: Stored properties: the private attribute their code uses -> the field's name.
-        self.backing = backing or {}
         self.refs = {name: f for name, f in fields.items() if f.kind == "ref"}
 
 
@@ -363,6 +361,8 @@ def _resolve(cls: type[Model], name: str, annotation: Any) -> Field | None:
         if default is not MISSING:
             break
         default = klass.__dict__.get(name, MISSING)
+    if isinstance(default, _Backing):
+        default = default.default
     if isinstance(default, (property, classmethod, staticmethod, types.FunctionType)):
         default = MISSING
     nullable = False
@@ -408,6 +408,32 @@ def _resolve(cls: type[Model], name: str, annotation: Any) -> Field | None:
             raise TypeError(f"{model}.{name}: a reference's default must be None")
         return Field(model, name, "ref", ref=annotation, default=MISSING)
     raise TypeError(f"{model}.{name}: unsupported field type {annotation!r}")
+
+
+class _Backing:
+    """The ``_name`` attribute of a stored property ``name``: the row's ``name`` value.
+
+    Installed on the class in place of ``_name`` (and its default), so that the
+    property's own code (``return self._password``, ``self._password = ...``)
+    reads and writes the stored field, type-checked.
+    """
+
+    __slots__ = ("field", "default")
+
+    def __init__(self, field: str, default: Any):
+        self.field = field
+        self.default = default
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            return self.default
+        try:
+            return obj.__dict__[self.field]
+        except KeyError:
+            raise AttributeError(f"_{self.field}") from None
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.field] = type(obj)._schema().fields[self.field].check(value)
 
 
 def _stored_property(cls: type[Model], name: str, prop: property,
@@ -494,13 +520,12 @@ class Model:
                     if name in fields:
                         raise TypeError(f"{cls.__name__}.{name} is both a field and a property")
                     setters[name] = attr
-        backing: dict[str, str] = {}
         for name, prop in setters.items():
             field = _stored_property(cls, name, prop, hints)
             if field is not None:
                 fields[name] = field
-                backing["_" + name] = name
-        schema = Schema(cls, fields, setters, backing)
+                setattr(cls, "_" + name, _Backing(name, field.default))
+        schema = Schema(cls, fields, setters)
         cls._lx_schema = schema
         return schema
 
@@ -534,21 +559,7 @@ class Model:
             value = field.check(value)
         elif name == "pk":
             value = check_pk(type(self).__name__, value)
-        else:
-            target = schema.backing.get(name)
-            if target is not None:   # ``self._password = ...`` in a stored property's setter
-                self.__dict__[target] = schema.fields[target].check(value)
-                return
         object.__setattr__(self, name, value)
-
-    def __getattr__(self, name: str) -> Any:
-        # Only called when normal look-up fails: ``self._password`` in a stored
-        # property's getter reads the row's ``password`` value.
-        schema = type(self).__dict__.get("_lx_schema")
-        target = schema.backing.get(name) if schema is not None else None
-        if target is not None and target in self.__dict__:
-            return self.__dict__[target]
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _to_dict(self) -> dict[str, Any]:
         """Return the row as JSON-ready data: pk and fields (sets as sorted lists)."""

@@ -127,6 +127,13 @@ def test_the_original_readme_chat_runs_and_broadcasts(chat, tmp_path):
     assert messages[-1][1] == "Server stopped"     # OnShutdown's async execute was awaited
     log = "".join(chat.lines)
     assert "never awaited" not in log and "Traceback" not in log
+    again = Running(tmp_path)        # the hashes load back: the same password logs in
+    try:
+        with login(again, BOB) as bob:
+            bob.send(json.dumps({"Subscribe": {"channel": "Public"}}))
+            assert receive(bob, "Subscribe") == "Public"
+    finally:
+        assert again.stop() == 0
 
 
 def test_a_wrong_password_is_refused_with_the_headers_message(chat):
