@@ -57,6 +57,9 @@ class _Socket(simple_websocket.Client):
                     if isinstance(event, AcceptConnection):
                         self.subprotocol = event.subprotocol
                         self.connected = True
+                        # frames that came in the same read as the 101 (what the
+                        # server's headers sent) are in wsproto already: take them now
+                        self.connected = self._handle_events()
                         return
                     if isinstance(event, RejectConnection):
                         status = event.status_code
