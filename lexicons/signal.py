@@ -17,7 +17,7 @@ names them (or takes ``**kwargs``):
     ``execute`` returns and before anyone is answered.
 ``ws``
     the caller's connection: ``ws.auth`` (what the headers established),
-    ``ws.channels``, ``ws.address``, ``ws.send(name, payload)``.
+    ``ws.channels``, ``ws.address``, ``ws.send(data)`` (a raw message).
 ``sv``
     the server: ``sv.publish(channels, name, payload)``,
     ``sv.subscribe(ws, channel)``, ``sv.unsubscribe(ws, channel)``,

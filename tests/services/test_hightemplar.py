@@ -341,17 +341,24 @@ def test_idle_connection_is_closed(nodes, backend):
 # --- across nodes -------------------------------------------------------------------------
 
 
-def test_trigger_on_one_node_reaches_subscriptions_on_all(nodes, backend):
-    """Through the Redis backplane a trigger POSTed to one node reaches every node once."""
+def subscribed_nodes(nodes, backend, rooms, prefix_id):
+    """Start one node per room on one Redis; on each, a client subscribed to its room
+    as requestId prefix_id + index. Return the nodes and the clients, once in sync."""
     url = require_redis()
     prefix = "lexicons-test-" + uuid.uuid4().hex[:8]
-    trio = [nodes.start(BOOTSTRAP_URL=backend.url("/ok"), BACKPLANE=url,
-                        BACKPLANE_PREFIX=prefix) for _ in range(3)]
-    clients = [authorized(n) for n in trio]
-    for i, client in enumerate(clients):
-        assert subscribe(client, MESSAGE_ROOM, f"r{i}") == {"code": "success"}
-    for n in trio:
+    started = [nodes.start(BOOTSTRAP_URL=backend.url("/ok"), BACKPLANE=url,
+                           BACKPLANE_PREFIX=prefix) for _ in rooms]
+    clients = [authorized(n) for n in started]
+    for i, (client, room) in enumerate(zip(clients, rooms, strict=True)):
+        assert subscribe(client, room, f"{prefix_id}{i}") == {"code": "success"}
+    for n in started:
         assert n.get_service("backplane").wait_synced(10)
+    return started, clients
+
+
+def test_trigger_on_one_node_reaches_subscriptions_on_all(nodes, backend):
+    """Through the Redis backplane a trigger POSTed to one node reaches every node once."""
+    trio, clients = subscribed_nodes(nodes, backend, [MESSAGE_ROOM] * 3, "r")
     for n_index, n in enumerate(trio):
         assert trigger(n, [MESSAGE_ROOM], n_index)[0] == 200
     for i, client in enumerate(clients):
@@ -367,15 +374,8 @@ def test_trigger_on_one_node_reaches_subscriptions_on_all(nodes, backend):
 
 def test_star_trigger_on_one_node_reaches_matching_rooms_on_all(nodes, backend):
     """Through Redis a "*" trigger POSTed to one node reaches each matching room once."""
-    url = require_redis()
-    prefix = "lexicons-test-" + uuid.uuid4().hex[:8]
-    pair = [nodes.start(BOOTSTRAP_URL=backend.url("/ok"), BACKPLANE=url,
-                        BACKPLANE_PREFIX=prefix) for _ in range(2)]
-    clients = [authorized(n) for n in pair]
-    for i, client in enumerate(clients):
-        assert subscribe(client, {"target": "user", "id": i}, f"u{i}") == {"code": "success"}
-    for n in pair:
-        assert n.get_service("backplane").wait_synced(10)
+    rooms = [{"target": "user", "id": i} for i in range(2)]
+    pair, clients = subscribed_nodes(nodes, backend, rooms, "u")
     assert trigger(pair[0], [{"target": "user", "id": "*"}], "everyone")[0] == 200
     for i, client in enumerate(clients):
         assert recv_json(client) == {"type": "publish", "data": "everyone",
