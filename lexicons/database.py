@@ -835,25 +835,25 @@ class _Local(threading.local):
 class Transaction:
     """One thread's writes as a unit: all kept, or all undone (see Database.transaction)."""
 
-    __slots__ = ("db", "records", "undo", "holding", "outer")
+    __slots__ = ("db", "records", "undo", "holding", "nested")
 
     def __init__(self, db: Database):
         self.db = db
         self.records: list[tuple] = []
         self.undo: list[tuple] = []
         self.holding = False   # this transaction owns the writes (db._owner)
-        self.outer = False     # another transaction of this thread was open already
+        self.nested = False    # inside another transaction of this thread: that one decides
 
     def __enter__(self) -> Transaction:
         local = self.db._local
         if local.tx is not None:
-            self.outer = True
+            self.nested = True
             return local.tx
         local.tx = self
         return self
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
-        if self.outer:
+        if self.nested:
             return
         db = self.db
         db._local.tx = None
