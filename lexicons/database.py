@@ -213,7 +213,12 @@ class Table:
                   "        if EQ: INDEX_ROW(pos)",
                   "        if len(PKS) >= TAIL_MAX: FLUSH()",
                   "        T.version += 1",
-                  f"        RECORD(('c', NAME, (pk{values},)), (T, 'c', pk))",
+                  # _record, inlined for the common case: no transaction open
+                  "        if TL.tx is not None:",
+                  f"            RECORD(('c', NAME, (pk{values},)), (T, 'c', pk))",
+                  "        else:",
+                  "            J = DB.journal",
+                  f"            if J is not None: TL.seq = J.append(('c', NAME, (pk{values},)))",
                   "    o = NEW(CLS)",
                   "    d = o.__dict__"]
         # Storing into the instance's own dict is quicker than building one to copy.
@@ -980,7 +985,8 @@ class Database:
                 setattr(current, name, value)
             changes = {n: current.__dict__[n] for n in table.schema.names}
         with self.lock:
-            self._wait_turn()
+            if self._owner is not None:
+                self._wait_turn()
             pos = table.index.get(pk)
             if pos is None:
                 raise DoesNotExist(f"no {table.name} with pk {pk!r}")
