@@ -25,7 +25,7 @@ from lexicons.events import Request
 from lexicons.header import HeaderBlock, header_arguments, header_name, is_header, run_header
 from lexicons.pool import Pool
 from lexicons.service import Service
-from lexicons.trust import TrustList
+from lexicons.trust import TrustList, client_trust
 from services.listener import HTTPResponse
 
 #: The plain HTTP path that tells a client why its headers would be refused.
@@ -90,8 +90,7 @@ class GateService(Service):
         """Return the parsed TRUST setting (re-parsed when a reload changes it)."""
         entries = self.settings.TRUST
         if self._trust is None or self._trust[0] is not entries:
-            # an empty list restricts nobody, as ``Server(trust=[])`` did in the original API
-            self._trust = (entries, TrustList(entries or ["*"]))
+            self._trust = (entries, client_trust(entries))
         return self._trust[1]
 
     def trusted(self, address: Any) -> bool:

@@ -47,7 +47,7 @@ from lexicons.http import HTTPError
 from lexicons.pool import Pool
 from lexicons.service import Service, ServiceState
 from lexicons.static import StaticFiles
-from lexicons.trust import TrustList
+from lexicons.trust import TrustList, client_trust
 
 LINGER = 1.0            # seconds to discard input after an error answer
 LINGER_BYTES = 65536    # most bytes discarded after an error answer
@@ -564,7 +564,7 @@ class ListenerService(Service):
             return self.manager.get_service("gate").trusted(address)
         entries = self.settings.TRUST
         if self._trust is None or self._trust[0] is not entries:
-            self._trust = (entries, TrustList(entries))
+            self._trust = (entries, client_trust(entries))
         return self._trust[1].allows(address[0] if isinstance(address, tuple) else "")
 
     # --- built-in routes --------------------------------------------------------------
