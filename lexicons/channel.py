@@ -19,11 +19,13 @@ The default :meth:`Channel.permit` lets anyone in, unless the connection's
 headers granted it a list of channel patterns in ``ws.auth["channels"]``:
 then the channel name must match one of them, where ``*`` matches any run of
 characters (``"room:*"``, ``"*"``). A parameter value matches ``[^:]+``.
+``ws.auth`` may hold any value a header put there (``ws.auth = user.pk``); only
+a mapping can grant patterns, anything else lets the connection in.
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from .errors import CallError, NotPermitted, SettingsError
@@ -75,7 +77,10 @@ class Channel:
 
     def permit(self, ws: Any, **params: str) -> bool:
         """Tell whether connection *ws* may join this channel (see the module doc)."""
-        grants = (getattr(ws, "auth", None) or {}).get("channels")
+        auth = getattr(ws, "auth", None)
+        # ws.auth holds whatever the headers put there (a dict, a user's pk, ...);
+        # only a mapping can grant channel patterns
+        grants = auth.get("channels") if isinstance(auth, Mapping) else None
         if grants is None:
             return True
         if isinstance(grants, str):

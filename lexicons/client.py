@@ -11,8 +11,9 @@
 Headers go on the upgrade request as ``Name: <JSON>`` (or, with
 ``query=True``, as URL query parameters, as a browser would send them). A
 refused connection raises :class:`lexicons.errors.Refused` with the status
-and the server's reason. ``call`` tags the call with an id (``"#"``) and
-waits for the answer carrying it; an error answer raises
+and the server's reason (and, in ``messages``, what its headers sent first).
+``call`` tags the call with an id (``"#"``) and waits for the answer carrying
+it; an error answer raises
 :class:`lexicons.errors.CallFailed`. Several threads may call at once.
 
 With ``reconnect=True`` a lost connection is opened again (with a growing
@@ -61,12 +62,15 @@ class _Socket(simple_websocket.Client):
                 data = self.sock.recv(self.receive_bytes)
                 if not data:
                     raise Refused(status, _reason(body) or "connection closed during the "
-                                                          "handshake")
+                                                          "handshake", _messages(body))
                 self.ws.receive_data(data)
                 for event in self.ws.events():
                     if isinstance(event, AcceptConnection):
                         self.subprotocol = event.subprotocol
                         self.connected = True
+                        # frames that came in the same read as the 101 (what the
+                        # server's headers sent) are in wsproto already: take them now
+                        self.connected = self._handle_events()
                         return
                     if isinstance(event, RejectConnection):
                         status = event.status_code
@@ -75,10 +79,18 @@ class _Socket(simple_websocket.Client):
                     elif isinstance(event, RejectData):
                         body += event.data
                         if event.body_finished:
-                            raise Refused(status, _reason(body) or "refused")
+                            raise Refused(status, _reason(body) or "refused", _messages(body))
         except BaseException:
             self.sock.close()
             raise
+
+
+def _messages(body: bytes) -> list:
+    try:
+        messages = json.loads(body).get("messages", [])
+    except (ValueError, AttributeError):
+        return []
+    return messages if isinstance(messages, list) else []
 
 
 def _reason(body: bytes) -> str:

@@ -56,6 +56,7 @@ import _thread
 import collections
 import enum
 import itertools
+import json
 import logging
 import os
 import selectors
@@ -72,7 +73,7 @@ from wsproto.events import AcceptConnection
 from wsproto.events import Request as WSRequest
 from wsproto.extensions import PerMessageDeflate
 
-from . import frames
+from . import aio, frames, protocol
 from .events import BinaryMessage, CloseReceived, Ping, Pong, Request, TextMessage, Violation
 from .frames import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL, CLOSE_POLICY
 
@@ -124,12 +125,49 @@ class Peer:
     def __init__(self, address: Any, request: Request):
         self.address = address
         self.request = request
-        self.auth: dict[str, Any] = {}
+        self.auth: Any = {}
+        self.outbox: list[str | bytes] = []
 
     @property
     def ip(self) -> str:
         """Return the client's IP address."""
         return self.address[0] if isinstance(self.address, tuple) else str(self.address)
+
+    def send(self, data: str | bytes) -> Any:
+        """Queue a message for the client (str: text, bytes: binary); return a done awaitable.
+
+        An admitted client gets the queued messages right after the upgrade; a
+        refused one gets them in the refusal's body. The awaitable lets code
+        written for an asyncio server (``asyncio.ensure_future(ws.send(...))``,
+        ``await ws.send(...)``) run unchanged.
+        """
+        if not isinstance(data, (str, bytes, bytearray, memoryview)):
+            raise TypeError(f"send takes str or bytes, not {type(data).__name__}")
+        self.outbox.append(data if isinstance(data, str) else bytes(data))
+        return aio.completed()
+
+    def sent_messages(self, start: int = 0) -> list[Any]:
+        """Return the messages queued from *start* on, as JSON values where they are JSON."""
+        out = []
+        for data in self.outbox[start:]:
+            text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+            try:
+                out.append(json.loads(text))
+            except (ValueError, RecursionError):
+                out.append(text)
+        return out
+
+    def errors_sent(self, start: int = 0) -> str:
+        """Return the texts of ``[{"Errors": [...]}]`` messages queued from *start* on."""
+        texts: list[str] = []
+        for message in self.sent_messages(start):
+            for item in message if isinstance(message, list) else (message,):
+                errors = item.get(protocol.ERRORS) if isinstance(item, dict) else None
+                if isinstance(errors, list):
+                    texts.extend(str(e) for e in errors)
+                elif isinstance(errors, str):
+                    texts.append(errors)
+        return "; ".join(texts)
 
 
 class TLS:
@@ -297,8 +335,9 @@ class Connection(Base):
         self.address = peer.address
         self.request = peer.request
         self.auth = peer.auth
+        self._early = peer.outbox   # what the headers sent: goes out right after the 101
         for key, value in vars(peer).items():
-            if key not in ("address", "request", "auth") and not hasattr(self, key):
+            if key not in ("address", "request", "auth", "outbox") and not hasattr(self, key):
                 setattr(self, key, value)
         hub.add(self)
         try:
@@ -339,6 +378,9 @@ class Connection(Base):
         self._set_state(State.OPEN)
         self.connected = True
         self.send_frame(data)
+        early, self._early = self._early, ()
+        for message in early:
+            self.send(message)
 
     # --- the reader thread ----------------------------------------------------------------
 
@@ -550,12 +592,17 @@ class Connection(Base):
 
     # --- what signals use -------------------------------------------------------------
 
-    def send(self, data: str | bytes) -> None:  # simple-websocket's API, kept working
-        """Send one message (text for str, binary for bytes) to this client."""
+    def send(self, data: str | bytes) -> Any:  # simple-websocket's API, kept working
+        """Send one message (text for str, binary for bytes) to this client.
+
+        Returns an awaitable that is already done, for code written for an
+        asyncio server (``await ws.send(...)``); the message is queued before.
+        """
         if isinstance(data, str):
             self.send_frame(frames.text_frame(data.encode("utf-8")))
         else:
             self.send_frame(frames.frame(frames.OP_BINARY, bytes(data)))
+        return aio.completed()
 
     def receive(self, timeout: float | None = None) -> Any:
         """Not available: messages are dispatched to the handler as they arrive."""

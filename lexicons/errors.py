@@ -82,10 +82,11 @@ class CallFailed(CallError):
 class Refused(LexiconsError, ConnectionError):
     """The server refused the websocket connection (client side), with status and reason."""
 
-    def __init__(self, status: int, reason: str):
+    def __init__(self, status: int, reason: str, messages: list | None = None):
         super().__init__(f"{status} {reason}" if status else reason)
         self.status = status
         self.reason = reason
+        self.messages = messages or []   # what the server's headers sent before refusing
 
 
 class DatabaseError(LexiconsError, ValueError):

@@ -18,7 +18,8 @@ The protocol, as clients see it:
   type -> ``message-type-not-allowed`` and text that is not JSON ->
   ``non-json-message``, both carrying the connection id as ``requestId``.
 * A publish reaches every subscription of the exact room, each with its own
-  ``requestId`` (:func:`publish_message`).
+  ``requestId`` (:func:`publish_message`); a trigger's room with a ``"*"``
+  value reaches the subscriptions of every room it matches (:func:`matches`).
 * Triggers (HTTP ``POST /trigger/`` and AMQP) carry ``{"rooms": [...],
   "data": ...}`` (:func:`parse_trigger`).
 """
@@ -69,13 +70,33 @@ def permitted(room: Any, allowed_rooms: Iterable[Mapping[str, Any]]) -> bool:
     """
     if not isinstance(room, Mapping):
         return False
-    keys = set(room)
-    for allowed in allowed_rooms:
-        if set(allowed) != keys:
-            continue
-        if all(allowed[k] == WILDCARD or allowed[k] == room[k] for k in keys):
-            return True
-    return False
+    return any(matches(allowed, room) for allowed in allowed_rooms)
+
+
+def matches(pattern: Mapping[str, Any], room: Mapping[str, Any]) -> bool:
+    """Tell whether *room* fits *pattern*: the same keys, each value equal or ``"*"``."""
+    if len(pattern) != len(room) or set(pattern) != set(room):
+        return False
+    return all(pattern[k] == WILDCARD or pattern[k] == room[k] for k in pattern)
+
+
+def is_pattern(room: Mapping[str, Any]) -> bool:
+    """Tell whether a trigger's room has a ``"*"`` value (it then reaches every room it
+    matches, :func:`matches`)."""
+    return any(value == WILDCARD for value in room.values())
+
+
+def pattern_message(room: Mapping[str, Any], data_json: bytes) -> bytes:
+    """Encode a publish to a room pattern for the backplane: the room's key, a newline,
+    the data (a room key holds no raw newline)."""
+    return room_key(room).encode("utf-8") + b"\n" + data_json
+
+
+def parse_pattern_message(message: bytes) -> tuple[dict[str, Any], bytes]:
+    """Return the room pattern and the encoded data of :func:`pattern_message`'s output."""
+    key, _, data_json = message.partition(b"\n")
+    return json.loads(key), data_json
+
 
 
 def allowed_rooms_of(answer: Mapping[str, Any]) -> list[dict[str, Any]] | None:

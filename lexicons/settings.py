@@ -311,8 +311,8 @@ declare("HOST", "127.0.0.1", STR, "address to listen on", section="network")
 declare("PORT", 5000, integer(0, 65535), "TCP port to listen on (0: any free port)",
         section="network")
 declare("TRUST", ["*"], STR_LIST,
-        "client addresses or networks allowed to connect; '*' allows any", section="network",
-        live=True, check=_check_trust)
+        "client addresses or networks allowed to connect; '*' (or an empty list) allows any",
+        section="network", live=True, check=_check_trust)
 declare("TLS_CERT", "", PATH, "TLS certificate chain (PEM); TLS is on when set with TLS_KEY",
         section="network")
 declare("TLS_KEY", "", PATH, "TLS private key (PEM)", section="network")

@@ -9,7 +9,7 @@ saying what failed, 400 for a header that is not a JSON object) or completes
 the upgrade and hands the connection to the router. What the headers
 established stays on the connection (``ws.auth`` and whatever they set).
 
-The trust list (``TRUST``: addresses, networks, ``*``) is checked by the
+The trust list (``TRUST``: addresses, networks, ``*``; empty: anyone) is checked by the
 listener, through :meth:`GateService.trusted`, as soon as a client connects.
 
 Browsers log in without credentials in any URL through ``/session``
@@ -34,11 +34,11 @@ from lexicons.arguments import Arguments
 from lexicons.connection import Peer
 from lexicons.errors import CallError, NotPermitted, ServiceError
 from lexicons.events import Request
-from lexicons.header import Header
+from lexicons.header import HeaderBlock, header_arguments, header_name, is_header, run_header
 from lexicons.pool import Pool
 from lexicons.service import Service
 from lexicons.sessions import SessionStore
-from lexicons.trust import TrustList
+from lexicons.trust import TrustList, client_trust
 from services.listener import HTTPResponse
 
 #: The plain HTTP path that tells a client why its headers would be refused.
@@ -55,12 +55,18 @@ _NO_STORE = (("Cache-Control", "no-store"),)
 
 
 class Refusal(Exception):
-    """A client the gate refuses, with the HTTP status and the reason it is told."""
+    """A client the gate refuses, with the HTTP status, the reason it is told and the
+    messages the headers sent it meanwhile (``ws.send``)."""
 
-    def __init__(self, status: int, reason: str):
+    def __init__(self, status: int, reason: str, messages: list[Any] | None = None):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.messages = messages or []
+
+    def body(self) -> dict[str, Any]:
+        """Return what the refusal's JSON body adds to status, error and reason."""
+        return {"messages": self.messages} if self.messages else {}
 
 
 class GateService(Service):
@@ -70,7 +76,7 @@ class GateService(Service):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.headers: list[tuple[type[Header], str, Arguments]] = []
+        self.headers: list[tuple[HeaderBlock, str, Arguments]] = []
         self.pool = Pool("gate", self.settings.HANDSHAKE_WORKERS, 1024)
         self.router: Any = None
         self.admitted = 0
@@ -81,9 +87,9 @@ class GateService(Service):
     def setup(self) -> None:
         self.trust_list()  # a bad TRUST stops start-up with the setting's name
         for cls in self.manager.app.headers:
-            if not (isinstance(cls, type) and issubclass(cls, Header)):
-                raise ServiceError(f"headers: {cls!r} is not a Header subclass")
-            self.headers.append((cls, cls.header_name().lower(), cls.arguments()))
+            if not is_header(cls):
+                raise ServiceError(f"headers: {cls!r} is not a Header subclass nor a function")
+            self.headers.append((cls, header_name(cls).lower(), header_arguments(cls)))
         if not self.manager.has_service("router"):
             raise ServiceError("the gate needs the router service (services.router)")
         self.router = self.manager.get_service("router")
@@ -135,7 +141,7 @@ class GateService(Service):
 
     def info(self) -> dict[str, Any]:
         return {"admitted": self.admitted, "refused": self.refused,
-                "headers": [cls.header_name() for cls, _, _ in self.headers],
+                "headers": [header_name(cls) for cls, _, _ in self.headers],
                 "trust": list(self.settings.TRUST), "waiting": len(self.pool),
                 "sessions": len(self.sessions)}
 
@@ -145,7 +151,7 @@ class GateService(Service):
         """Return the parsed TRUST setting (re-parsed when a reload changes it)."""
         entries = self.settings.TRUST
         if self._trust is None or self._trust[0] is not entries:
-            self._trust = (entries, TrustList(entries))
+            self._trust = (entries, client_trust(entries))
         return self._trust[1]
 
     def trusted(self, address: Any) -> bool:
@@ -170,7 +176,7 @@ class GateService(Service):
         except Refusal as refusal:
             self.refused += 1
             self.log.info("refused %s: %d %s", admission.ip, refusal.status, refusal.reason)
-            admission.refuse(refusal.status, refusal.reason)
+            admission.refuse(refusal.status, refusal.reason, body=refusal.body())
             return
         except Exception:
             self.refused += 1
@@ -191,7 +197,7 @@ class GateService(Service):
         results: list[bool] = []
         reasons: list[str] = []
         for cls, key, arguments in self.headers:
-            name = cls.header_name()
+            name = header_name(cls)
             raw = given.get(key)
             if raw is None:
                 results.append(False)
@@ -202,7 +208,7 @@ class GateService(Service):
             if not ok:
                 reasons.append(f"{name}: {reason}")
         if not self.manager.app.gate(results):
-            raise Refusal(401, "; ".join(reasons) or "refused")
+            raise Refusal(401, "; ".join(reasons) or "refused", peer.sent_messages())
 
     def explain(self, request: Request) -> HTTPResponse:
         """Answer ``GET /gate?Header=...`` with what a connect with those headers would get.
@@ -291,7 +297,7 @@ class GateService(Service):
                 given[key] = value
         return given
 
-    def _execute_header(self, cls: type[Header], name: str, arguments: Arguments, raw: str,
+    def _execute_header(self, cls: HeaderBlock, name: str, arguments: Arguments, raw: str,
              peer: Peer) -> tuple[bool, str]:
         try:
             kwargs = json.loads(raw)
@@ -306,9 +312,10 @@ class GateService(Service):
         extra = {"ws": peer, "db": db, "sv": self.router.facade}
         for key in arguments.inject:
             kwargs[key] = extra[key]
+        sent = len(peer.outbox)
         try:
-            ok = bool(cls().execute(**kwargs))
-            reason = "refused"
+            ok = run_header(cls, kwargs)
+            reason = peer.errors_sent(sent) or "refused"
         except NotPermitted as exc:
             ok, reason = False, str(exc) or "not permitted"
         except CallError as exc:
@@ -322,5 +329,5 @@ class GateService(Service):
 def _refusal_response(refusal: Refusal) -> HTTPResponse:
     """Return the JSON answer of a refusal, as a refused upgrade's body says it."""
     body = {"status": refusal.status, "error": http.REASONS.get(refusal.status, "Error"),
-            "reason": refusal.reason}
+            "reason": refusal.reason, **refusal.body()}
     return HTTPResponse(refusal.status, body, _NO_STORE)

@@ -16,19 +16,21 @@ runs *on the connection's own reader thread* while holding one of
   instead of filling a queue.
 
 ``execute`` gets its checked arguments plus ``db``, ``ws`` and ``sv`` (as it
-names them); after it returns the database is committed, then the caller is
-answered and the response's broadcast goes to the rooms service. A signal
-that raises gives its caller an error (its message for a ``CallError``,
-``"Name failed"`` otherwise, the traceback only in the log) and the
-connection stays usable.
+names them) and runs in one database transaction: when it returns its writes
+are journaled and committed, then the caller is answered and the response's
+broadcast goes to the rooms service. A signal that raises leaves no write
+behind (the transaction is undone) and gives its caller an error (its message
+for a ``CallError``, ``"Name failed"`` otherwise, the traceback only in the
+log); the connection stays usable.
 """
 from __future__ import annotations
 
 import queue
 import threading
+from types import CoroutineType
 from typing import Any
 
-from lexicons import filters, protocol
+from lexicons import aio, filters, protocol
 from lexicons.channel import Presence, Subscribe, Unsubscribe
 from lexicons.connection import Connection
 from lexicons.errors import CallError, NotPermitted, ServiceError
@@ -211,7 +213,7 @@ class RouterService(Service):
                 raise NotPermitted(f"not permitted: {name}")
             for key in self.inject[name]:
                 kwargs[key] = conn if key == "ws" else self.db if key == "db" else self.facade
-            result = signal.execute(**kwargs)
+            result = self._execute(signal, kwargs)
         except CallError as exc:
             error = str(exc) or f"{name} refused"
             outcome = ERROR
@@ -235,6 +237,21 @@ class RouterService(Service):
         else:
             self._answer(conn, name, result, call_id)
         self.stats.record(name, outcome, clock() - started)
+
+    def _execute(self, signal: Signal, kwargs: dict[str, Any]) -> Any:
+        """Run *signal* in one transaction: all its writes are kept, or none if it raises.
+
+        An ``async def`` execute is awaited here, on the connection's thread.
+        """
+        db = self.db
+        if db is None:
+            result = signal.execute(**kwargs)
+            return aio.resolve(result) if result.__class__ is CoroutineType else result
+        with db.transaction():
+            result = signal.execute(**kwargs)
+            if result.__class__ is CoroutineType:
+                result = aio.resolve(result)
+        return result
 
     def _answer(self, conn: Connection, name: str, result: Any, call_id: Any) -> None:
         reply = result

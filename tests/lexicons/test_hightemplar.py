@@ -18,7 +18,11 @@ from lexicons.hightemplar import (
     error,
     id_json,
     id_key,
+    is_pattern,
+    matches,
+    parse_pattern_message,
     parse_trigger,
+    pattern_message,
     permitted,
     publish_message,
     publish_payload,
@@ -105,6 +109,25 @@ def test_allowed_rooms_of_reads_as_high_templar():
         {"a": 1, "b": 2}]
     for bad in (None, "x", [1], {"a": 1}, 5):
         assert allowed_rooms_of({"allowed_rooms": bad}) is None
+
+
+def test_a_trigger_pattern_matches_rooms_with_the_same_keys():
+    """A "*" value in a trigger's room matches any value; other values must be equal."""
+    pattern = {"target": "user", "id": "*"}
+    assert is_pattern(pattern) and not is_pattern({"target": "user", "id": 7})
+    assert matches(pattern, {"id": 7, "target": "user"})
+    assert matches(pattern, {"target": "user", "id": "x"})
+    assert not matches(pattern, {"target": "message", "id": 7})
+    assert not matches(pattern, {"target": "user", "id": 7, "extra": 1})
+    assert not matches(pattern, {"target": "user"})
+    assert matches({"flag": 1, "x": "*"}, {"flag": True, "x": 0})  # Python ==, as 3.1.0
+
+
+def test_pattern_message_round_trips_the_room_and_the_data_bytes():
+    """A pattern publish carries its room and the data exactly, even with newlines."""
+    room = {"name": "a\nb", "id": "*"}
+    data = b'{"text":"line\\nbreak"}'
+    assert parse_pattern_message(pattern_message(room, data)) == (room, data)
 
 
 def test_valid_allowed_rooms():

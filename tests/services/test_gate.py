@@ -1,11 +1,15 @@
 """The gate: header classes, query-parameter headers, the gate function and the trust list."""
+import asyncio
 import json
 import threading
 import time
+import urllib.parse
 
+import orjson
 import pytest
 
 from lexicons.application import Application
+from lexicons.channel import Channel
 from lexicons.client import Client
 from lexicons.errors import NotPermitted, Refused
 from lexicons.header import Header
@@ -250,3 +254,69 @@ def test_gate_check_tells_whether_a_ticket_is_good():
             assert conn.getresponse().status == expected
             conn.close()
         with_ticket(running, answer["ticket"]).close()  # still good: /gate did not use it
+
+
+# --- the original API: headers as functions, ws.auth of any value, ws.send ---------------
+
+
+def Member(**kwargs) -> bool:
+    """A header written as a function, as in the original API."""
+    ws = kwargs["ws"]
+    if USERS.get(kwargs.get("user")) != kwargs.get("password"):
+        asyncio.ensure_future(ws.send(orjson.dumps([{"Errors": ["Authentication failed"]}])))
+        return False
+    ws.auth = kwargs["user"]                      # any value, not only a dict
+    asyncio.ensure_future(ws.send(json.dumps([{"Welcome": kwargs["user"]}])))
+    return True
+
+
+async def Later(ws, code: str) -> bool:
+    """An async header: awaited, ws.send awaited too."""
+    await ws.send(json.dumps([{"Hello": code}]))
+    return code == "ok"
+
+
+def test_a_function_header_admits_and_its_messages_come_first():
+    """A header function taking **kwargs runs; what it sent reaches the client first."""
+    class Lobby(Channel):
+        name = "lobby"
+
+    members = Application(signals=[Whoami], headers=[Member], channels=[Lobby])
+    with serving(members) as running:
+        with running.client(headers={"Member": {"user": "ann", "password": "secret"}}) as c:
+            assert c.receive(timeout=5) == [{"Welcome": "ann"}]
+            assert c.call("Whoami")["auth"] == "ann"
+            c.subscribe("lobby")                   # the default permit takes a str auth
+        assert running.service("gate").info()["headers"] == ["Member"]
+
+
+def test_a_header_may_tell_the_client_why_before_refusing():
+    """ensure_future(ws.send(...)) then False: the refusal carries that message and reason."""
+    with serving(app(headers=(Member,))) as running:
+        with pytest.raises(Refused) as info:
+            running.client(headers={"Member": {"user": "ann", "password": "nope"}})
+        assert info.value.status == 401
+        assert info.value.reason == "Member: Authentication failed"
+        assert info.value.messages == [[{"Errors": ["Authentication failed"]}]]
+        query = "Member=" + urllib.parse.quote(json.dumps({"user": "x", "password": "y"}))
+        request = f"GET /gate?{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        status, _, body = http_exchange(running.port, request)
+        assert status == 401
+        assert json.loads(body)["messages"] == [[{"Errors": ["Authentication failed"]}]]
+
+
+def test_an_async_header_is_awaited():
+    """`async def` headers run to their end; their verdict counts."""
+    with serving(app(headers=(Later,))) as running:
+        with running.client(headers={"Later": {"code": "ok"}}) as c:
+            assert c.receive(timeout=5) == [{"Hello": "ok"}]
+        with pytest.raises(Refused) as info:
+            running.client(headers={"Later": {"code": "no"}})
+        assert info.value.messages == [[{"Hello": "no"}]]
+
+
+def test_an_empty_trust_list_admits_everyone():
+    """TRUST=[] (Server(trust=[]) in the original API) restricts nobody."""
+    with serving(app(headers=()), TRUST=[]) as running:
+        with running.client() as c:
+            assert c.call("Whoami")["auth"] == {}

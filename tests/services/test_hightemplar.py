@@ -318,6 +318,29 @@ def test_trigger_to_several_rooms_and_after_unsubscribe(node):
     a.close()
 
 
+def test_trigger_with_a_star_reaches_every_room_it_matches(node):
+    """A trigger's room with a "*" value reaches the subscriptions of each room it matches."""
+    a = authorized(node)
+    b = authorized(node)
+    c = authorized(node)
+    subscribe(a, {"target": "user", "id": 7}, "u7")
+    subscribe(b, {"target": "user", "id": 8}, "u8")
+    subscribe(b, {"id": 9, "target": "user"}, "u9")
+    subscribe(c, MESSAGE_ROOM, "m")           # other keys: not matched
+    status, body = trigger(node, [{"target": "user", "id": "*"}], {"all": True})
+    assert (status, body["code"], body["rooms"]) == (200, "success", 1)
+    assert recv_json(a) == {"type": "publish", "data": {"all": True}, "requestId": "u7"}
+    got_b = sorted(recv_json(b)["requestId"] for _ in range(2))
+    assert got_b == ["u8", "u9"]
+    trigger(node, [{"target": "*", "customer": "1"}], "messages")
+    assert recv_json(c) == {"type": "publish", "data": "messages", "requestId": "m"}
+    trigger(node, [{"target": "user", "id": 8}], "exact")     # exact rooms still work
+    assert recv_json(b) == {"type": "publish", "data": "exact", "requestId": "u8"}
+    for client in (a, b, c):
+        no_more_messages(client)
+        client.close()
+
+
 @pytest.mark.parametrize("raw, reason", [
     (b'{"data": 1}', "rooms is missing"),
     (b'{"rooms": []}', "data is missing"),
@@ -370,17 +393,24 @@ def test_idle_connection_is_closed(nodes, backend):
 # --- across nodes -------------------------------------------------------------------------
 
 
-def test_trigger_on_one_node_reaches_subscriptions_on_all(nodes, backend):
-    """Through the Redis backplane a trigger POSTed to one node reaches every node once."""
+def subscribed_nodes(nodes, backend, rooms, prefix_id):
+    """Start one node per room on one Redis; on each, a client subscribed to its room
+    as requestId prefix_id + index. Return the nodes and the clients, once in sync."""
     url = require_redis()
     prefix = "lexicons-test-" + uuid.uuid4().hex[:8]
-    trio = [nodes.start(BOOTSTRAP_URL=backend.url("/ok"), BACKPLANE=url,
-                        BACKPLANE_PREFIX=prefix) for _ in range(3)]
-    clients = [authorized(n) for n in trio]
-    for i, client in enumerate(clients):
-        assert subscribe(client, MESSAGE_ROOM, f"r{i}") == {"code": "success"}
-    for n in trio:
+    started = [nodes.start(BOOTSTRAP_URL=backend.url("/ok"), BACKPLANE=url,
+                           BACKPLANE_PREFIX=prefix) for _ in rooms]
+    clients = [authorized(n) for n in started]
+    for i, (client, room) in enumerate(zip(clients, rooms, strict=True)):
+        assert subscribe(client, room, f"{prefix_id}{i}") == {"code": "success"}
+    for n in started:
         assert n.get_service("backplane").wait_synced(10)
+    return started, clients
+
+
+def test_trigger_on_one_node_reaches_subscriptions_on_all(nodes, backend):
+    """Through the Redis backplane a trigger POSTed to one node reaches every node once."""
+    trio, clients = subscribed_nodes(nodes, backend, [MESSAGE_ROOM] * 3, "r")
     for n_index, n in enumerate(trio):
         assert trigger(n, [MESSAGE_ROOM], n_index)[0] == 200
     for i, client in enumerate(clients):
@@ -391,4 +421,19 @@ def test_trigger_on_one_node_reaches_subscriptions_on_all(nodes, backend):
     assert trigger(trio[0], [MESSAGE_ROOM], "last")[0] == 200
     for client in clients:
         assert recv_json(client)["data"] == "last"
+        client.close()
+
+
+def test_star_trigger_on_one_node_reaches_matching_rooms_on_all(nodes, backend):
+    """Through Redis a "*" trigger POSTed to one node reaches each matching room once."""
+    rooms = [{"target": "user", "id": i} for i in range(2)]
+    pair, clients = subscribed_nodes(nodes, backend, rooms, "u")
+    assert trigger(pair[0], [{"target": "user", "id": "*"}], "everyone")[0] == 200
+    for i, client in enumerate(clients):
+        assert recv_json(client) == {"type": "publish", "data": "everyone",
+                                     "requestId": f"u{i}"}
+    assert trigger(pair[1], [{"target": "user", "id": 0}], "last")[0] == 200
+    assert recv_json(clients[0])["data"] == "last"   # had a duplicate come, it came first
+    for client in clients:
+        no_more_messages(client)
         client.close()
