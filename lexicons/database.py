@@ -1057,6 +1057,18 @@ class Database:
         if journal is not None:
             self._local.seq = journal.append(record)
 
+    def sync(self) -> None:
+        """Wait until this node holds every write recorded so far on any node.
+
+        A node reads its own writes at once; another node's writes arrive
+        within the replication lag (about a Redis round trip). Call this before a
+        read that must see them, e.g. a login that finds no such user. A no-op
+        without replication. Raises Unavailable when the stream cannot be reached.
+        """
+        replica = self.replica
+        if replica is not None:
+            replica.sync()
+
     def commit(self) -> None:
         """Wait until every write this thread made is durable (no-op without a journal)."""
         journal = self.journal

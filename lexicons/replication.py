@@ -177,6 +177,7 @@ class StreamLog:
         self._thread: threading.Thread | None = None
         self._reader_up = False
         self._caught_up = threading.Event()
+        self._applied = threading.Condition()   # notified after each applied batch
         self._target = START          # the stream's last id when the reader connected
         self.last_error: str | None = None
         self.written = 0
@@ -241,6 +242,27 @@ class StreamLog:
             raise waiter.error
         return waiter.result
 
+    def sync(self) -> None:
+        """Wait until this node has applied every entry the stream holds now."""
+        import redis
+
+        try:
+            last = self._writer.xrevrange(self.stream, count=1)
+        except redis.RedisError as exc:
+            raise Unavailable(f"the database cannot reach Redis at {safe_url(self.url)} to "
+                              f"catch up ({exc}); reads show this node's tables") from None
+        if not last:
+            return
+        target = position_key(last[0][0].decode())
+        deadline = time.monotonic() + self.timeout
+        with self._applied:
+            while position_key(self.position) < target:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Unavailable(f"this node has not caught up with the stream within "
+                                      f"{self.timeout:g} s")
+                self._applied.wait(left)
+
     # --- applying --------------------------------------------------------------------------
 
     def apply(self, entries: Iterable[tuple[bytes, dict[bytes, bytes]]]) -> None:
@@ -277,6 +299,8 @@ class StreamLog:
                 self._caught_up.set()
         for waiter in answered:
             waiter.done.set()
+        with self._applied:
+            self._applied.notify_all()
 
     # --- the reader thread -----------------------------------------------------------------
 
