@@ -110,6 +110,8 @@ class Table:
         self.name = schema.name
         self.fields = schema.fields
         self.pk_field = _pk_field(self.name)
+        self.containers = tuple(n for n, f in schema.fields.items()
+                                if f.kind in ("list", "set", "dict"))
         names = ("pk",) + schema.names
         self.dtypes = {name: _dtype(self.field(name)) for name in names}
         # Slots [0, hn) live in the arrays, slots [hn, len(live)) in the tail lists.
@@ -898,6 +900,8 @@ class Database:
         d = candidate.__dict__
         row = tuple(d[n] for n in table.schema.names)
         d["pk"] = self._write(("c", table.name, d["pk"], row, given))
+        for name in table.containers:   # the stored row holds the candidate's own
+            d[name] = clone(d[name])
         return candidate
 
     def update(self, model: Any, row: Any, **fields: Any) -> Model:

@@ -53,6 +53,15 @@ log = logging.getLogger("lexicons.replication")
 
 #: Entries read and applied under one hold of the database lock.
 BATCH = 1000
+#: Seconds the reader lets entries gather when no write of this node waits for it.
+GATHER = 0.002
+#: Writes sent as one stream entry at most.
+MAX_OPS = 1000
+#: Sends under way at once, each on a connection of its own: while one waits for
+#: Redis to answer (and, with appendfsync always, to fsync), another sends what
+#: queued meanwhile. Entries of different callers may so reach the stream in
+#: another order than they were submitted: they were concurrent writes.
+SENDERS = 2
 #: Milliseconds one XREAD waits for new entries before it asks again.
 BLOCK_MS = 1000
 START = "0-0"
@@ -92,20 +101,21 @@ def encode_op(db: Database, op: tuple) -> bytes:
                                                                            "surrogatepass")
 
 
-def decode_op(db: Database, payload: bytes) -> tuple:
-    """Return the write op of an entry; DatabaseError when it does not fit the models."""
+def decode_op(db: Database, data: Any) -> tuple:
+    """Return the write op of an entry's JSON data; DatabaseError when it does not fit
+    the models."""
     try:
-        data = json.loads(payload.decode("utf-8", "surrogatepass"))
+        if isinstance(data, bytes):
+            data = json.loads(data.decode("utf-8", "surrogatepass"))
         kind, name = data[0], data[1]
         table = db.table(name)
-        fields = table.fields
+        readers = _readers(table)
 
         def row(values: list) -> tuple:
-            if len(values) != len(table.schema.names):
+            if len(values) != len(readers):
                 raise DatabaseError(f"a {name} row of {len(values)} values, the model has "
-                                    f"{len(table.schema.names)} fields")
-            return tuple(fields[n].from_json(v) for n, v in zip(table.schema.names, values,
-                                                                   strict=True))
+                                    f"{len(readers)} fields")
+            return tuple([read(v) for read, v in zip(readers, values)])  # noqa: B905
 
         def named(values: dict) -> dict:
             return {k: (v if k == "pk" else table.field(k).from_json(v))
@@ -126,6 +136,33 @@ def decode_op(db: Database, payload: bytes) -> tuple:
     raise DatabaseError(f"not a write record: unknown op {kind!r}")
 
 
+def _readers(table: Any) -> list[Any]:
+    """Return, per field of *table*, the function turning JSON data into its value.
+
+    A value of exactly the field's type is taken as it is (the writer checked
+    it); anything else goes through ``from_json``, which checks it.
+    """
+    readers = table.__dict__.get("_json_readers")
+    if readers is None:
+        readers = []
+        for name in table.schema.names:
+            field = table.fields[name]
+            exact = {"str": str, "int": int, "bool": bool, "float": float,
+                     "ref": str}.get(field.kind)
+            if exact is None or field.nullable or field.kind == "int":
+                readers.append(field.from_json)   # ints: the range check
+            else:
+                readers.append(_exact_reader(exact, field.from_json))
+        table._json_readers = readers
+    return readers
+
+
+def _exact_reader(exact: type, slow: Any) -> Any:
+    def read(value: Any) -> Any:
+        return value if value.__class__ is exact else slow(value)
+    return read
+
+
 # --- the log ------------------------------------------------------------------------------
 
 
@@ -135,7 +172,7 @@ class _Waiter:
     __slots__ = ("done", "result", "error", "position")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        self.done = False             # set under StreamLog._cond
         self.result: Any = None
         self.error: BaseException | None = None
         self.position = ""
@@ -169,7 +206,12 @@ class StreamLog:
         #: The position this node would restart from (its snapshot's): the stream is
         #: kept from there for it. None: from the applied position.
         self.keep_from: str | None = position if position != START else None
-        self._node_bytes = node.encode()
+        # Entries this process sent carry its node name and a token of this run, so
+        # that its request numbers (which start again at 1) never match the entries
+        # of an earlier run of the node, replayed after a restart.
+        self._node_bytes = f"{node}/{os.urandom(4).hex()}".encode()
+        self._batch_ids = itertools.count(1)
+        self._batches: dict[int, list[tuple[int, tuple]]] = {}
         self._requests = itertools.count(1)
         self._waiting: dict[int, _Waiter] = {}
         self._stopping = threading.Event()
@@ -177,13 +219,18 @@ class StreamLog:
         self._thread: threading.Thread | None = None
         self._reader_up = False
         self._caught_up = threading.Event()
-        self._applied = threading.Condition()   # notified after each applied batch
         self._target = START          # the stream's last id when the reader connected
         self.last_error: str | None = None
         self.written = 0
         self.refused = 0              # writes that could not be recorded
         self.applied = 0
+        self.entries = 0
         self.reconnects = 0
+        # _cond guards _outbox, _sending and each waiter's done; it is notified when
+        # a send ends and after each applied batch (sync() waits on it too)
+        self._cond = threading.Condition()
+        self._outbox: list[tuple[int, bytes, tuple]] = []
+        self._sending = 0
         self._connected_once = False
         self._writer = self._client(socket_timeout=5.0)
 
@@ -211,36 +258,98 @@ class StreamLog:
         """Record *op* in the stream, wait until it is applied here, return the result.
 
         Raises Unavailable when the stream cannot be reached (the write is not
-        made) or when the entry is not applied here within the timeout (it is in
-        the stream: every node applies it when it can); otherwise whatever
-        applying raised (DoesNotExist, IntegrityError, ...).
-        """
-        import redis
+        made, or not confirmed) or when the entry is not applied here within the
+        timeout (it is in the stream: every node applies it when it can);
+        otherwise whatever applying raised (DoesNotExist, IntegrityError, ...).
 
+        Group commit: a caller that finds fewer than ``SENDERS`` sends under way
+        takes every queued write (its own and others') and sends them as one
+        entry, with a read of what follows this node's position in the same round
+        trip, and applies it all; the others wait, and one of them sends what
+        queued meanwhile. So a write needs no hand-off to another thread.
+        """
         if self._closed:
             raise Unavailable("the database is stopped: it takes no more writes")
         payload = encode_op(self.db, op)
         request = next(self._requests)
         waiter = self._waiting[request] = _Waiter()
-        try:
-            position = self._writer.xadd(self.stream, {"n": self._node_bytes,
-                                                       "r": str(request), "w": payload})
-        except redis.RedisError as exc:
-            self._waiting.pop(request, None)
-            self.refused += 1
-            self.last_error = f"write: {type(exc).__name__}: {exc}"
-            raise Unavailable(f"the database cannot take writes now: Redis at "
-                              f"{safe_url(self.url)} does not answer ({exc}); the write "
-                              "was not made (reads still work)") from None
-        self.written += 1
-        if not waiter.done.wait(self.timeout):
-            self._waiting.pop(request, None)
-            raise Unavailable(f"the write is recorded (stream entry {position.decode()}) but "
-                              f"this node has not applied it within {self.timeout:g} s; "
-                              "it will be applied once the node catches up")
+        deadline = time.monotonic() + self.timeout
+        cond = self._cond
+        with cond:
+            self._outbox.append((request, payload, op))
+            while not waiter.done:
+                if self._sending < SENDERS and self._outbox:
+                    batch, self._outbox = self._outbox[:MAX_OPS], self._outbox[MAX_OPS:]
+                    self._sending += 1
+                    cond.release()
+                    try:
+                        self._send(batch)
+                    finally:
+                        cond.acquire()
+                        self._sending -= 1
+                        cond.notify_all()
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._waiting.pop(request, None)
+                    self._outbox = [item for item in self._outbox if item[0] != request]
+                    raise self._late(waiter)
+                cond.wait(left)
         if waiter.error is not None:
             raise waiter.error
         return waiter.result
+
+    def _late(self, waiter: _Waiter) -> Unavailable:
+        if waiter.position:
+            return Unavailable(f"the write is recorded (stream entry {waiter.position}) but "
+                               f"this node has not applied it within {self.timeout:g} s; "
+                               "it will be applied once the node catches up")
+        return Unavailable(f"the database cannot take writes now: Redis at "
+                           f"{safe_url(self.url)} has not answered within "
+                           f"{self.timeout:g} s; the write is not confirmed")
+
+    def _send(self, batch: list[tuple[int, bytes, tuple]]) -> None:
+        """Add *batch* as one entry, read what follows this node's position, apply it."""
+        import redis
+
+        body = b"[" + b",".join([b"[%d,%s]" % (r, p) for r, p, _ in batch]) + b"]"
+        # This node applies its own entries from the ops it holds, not from the JSON.
+        batch_id = next(self._batch_ids)
+        self._batches[batch_id] = [(r, op) for r, _, op in batch]
+        try:
+            pipe = self._writer.pipeline(transaction=False)
+            pipe.xadd(self.stream, {"n": self._node_bytes, "b": str(batch_id), "w": body})
+            pipe.xrange(self.stream, min="(" + self.position, count=BATCH)
+            position, entries = pipe.execute()
+        except redis.RedisError as exc:
+            self._batches.pop(batch_id, None)
+            self.last_error = f"write: {type(exc).__name__}: {exc}"
+            self._refuse(batch, f"the database cannot take writes now: Redis at "
+                                f"{safe_url(self.url)} does not answer ({exc}); the write "
+                                "is not confirmed (reads still work)")
+            return
+        except Exception as exc:   # a bug: the callers hear of it, the log has it
+            self._batches.pop(batch_id, None)
+            log.exception("cannot send %d write(s) to the stream", len(batch))
+            self._refuse(batch, f"the write was not made ({type(exc).__name__})")
+            return
+        self.written += len(batch)
+        self.entries += 1
+        text = position.decode()
+        for request, _, _ in batch:
+            waiter = self._waiting.get(request)
+            if waiter is not None and not waiter.position:
+                waiter.position = text
+        if entries and entries[-1][0] == position:   # else the reader gets to it
+            self.apply(entries)
+
+    def _refuse(self, batch: list[tuple[int, bytes, tuple]], message: str) -> None:
+        self.refused += len(batch)
+        for request, _, _ in batch:
+            waiter = self._waiting.pop(request, None)
+            if waiter is not None:
+                waiter.error = Unavailable(message)
+                waiter.done = True
 
     def sync(self) -> None:
         """Wait until this node has applied every entry the stream holds now."""
@@ -255,18 +364,18 @@ class StreamLog:
             return
         target = position_key(last[0][0].decode())
         deadline = time.monotonic() + self.timeout
-        with self._applied:
+        with self._cond:
             while position_key(self.position) < target:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise Unavailable(f"this node has not caught up with the stream within "
                                       f"{self.timeout:g} s")
-                self._applied.wait(left)
+                self._cond.wait(left)
 
     # --- applying --------------------------------------------------------------------------
 
     def apply(self, entries: Iterable[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        """Apply stream entries in order (the reader's step; also used at start)."""
+        """Apply stream entries in order (the reader's step)."""
         db = self.db
         answered = []
         with db.lock:
@@ -274,33 +383,73 @@ class StreamLog:
                 position = raw_id.decode()
                 if position_key(position) <= position_key(self.position):
                     continue   # already in the tables (a snapshot's, or read twice)
-                waiter = None
-                if fields.get(b"n") == self._node_bytes:
-                    try:
-                        waiter = self._waiting.pop(int(fields.get(b"r", b"0")), None)
-                    except ValueError:
-                        waiter = None
-                result = error = None
-                try:
-                    op = decode_op(db, fields.get(b"w", b""))
-                    result = db._apply(op, position, waiter is not None)
-                except DatabaseError as exc:   # refused alike on every node
-                    error = exc
-                except Exception as exc:       # a bug: the same on every node, logged
-                    log.exception("cannot apply stream entry %s", position)
-                    error = DatabaseError(f"the write could not be applied ({type(exc).__name__})")
+                mine = fields.get(b"n") == self._node_bytes
+                local = self._batches.pop(int(fields.get(b"b", 0)), None) if mine else None
+                if local is not None:
+                    for index, (request, op) in enumerate(local):
+                        waiter = self._waiting.pop(request, None)
+                        self._apply_op(op, f"{position}/{index}", waiter)
+                        if waiter is not None:
+                            answered.append(waiter)
+                    requests: list = local
+                else:
+                    requests = self._requests_of(position, fields)
+                    for index, request in enumerate(requests):
+                        waiter = self._apply_one(request, f"{position}/{index}", mine)
+                        if waiter is not None:
+                            answered.append(waiter)
                 self.position = position
-                self.applied += 1
-                if waiter is not None:
-                    waiter.result, waiter.error, waiter.position = result, error, position
-                    answered.append(waiter)
+                self.applied += len(requests)
             if not self._caught_up.is_set() and (position_key(self.position)
                                                  >= position_key(self._target)):
                 self._caught_up.set()
-        for waiter in answered:
-            waiter.done.set()
-        with self._applied:
-            self._applied.notify_all()
+        with self._cond:
+            for waiter in answered:
+                waiter.done = True
+            self._cond.notify_all()
+
+    @staticmethod
+    def _requests_of(position: str, fields: dict[bytes, bytes]) -> list:
+        """Return the ``[request, op]`` pairs of an entry another node sent."""
+        try:
+            requests = json.loads(fields.get(b"w", b"[]").decode("utf-8", "surrogatepass"))
+            if not isinstance(requests, list):
+                raise ValueError("not a list")
+        except ValueError as exc:
+            log.error("skipping stream entry %s: not a list of writes (%s)", position, exc)
+            return []
+        return requests
+
+    def _apply_one(self, request: Any, where: str, mine: bool) -> _Waiter | None:
+        """Apply one ``[request, op]`` of an entry; return its waiter here, if any
+        (db.lock held)."""
+        waiter = None
+        if mine and isinstance(request, list) and request and isinstance(request[0], int):
+            waiter = self._waiting.pop(request[0], None)
+        try:
+            if not isinstance(request, list) or len(request) != 2:
+                raise DatabaseError("not a write record")
+            op = decode_op(self.db, request[1])
+        except DatabaseError as exc:
+            log.error("skipping the write %s: %s", where, exc)
+            if waiter is not None:
+                waiter.error = exc
+            return waiter
+        self._apply_op(op, where, waiter)
+        return waiter
+
+    def _apply_op(self, op: tuple, where: str, waiter: _Waiter | None) -> None:
+        """Apply one op; give its waiter the result or the error (db.lock held)."""
+        result = error = None
+        try:
+            result = self.db._apply(op, where, waiter is not None)
+        except DatabaseError as exc:   # refused alike on every node
+            error = exc
+        except Exception as exc:       # a bug: the same on every node, logged
+            log.exception("cannot apply the write %s", where)
+            error = DatabaseError(f"the write could not be applied ({type(exc).__name__})")
+        if waiter is not None:
+            waiter.result, waiter.error = result, error
 
     # --- the reader thread -----------------------------------------------------------------
 
@@ -308,6 +457,7 @@ class StreamLog:
         """Attach to the database and start applying the stream (idempotent)."""
         self.db.replica = self
         if self._thread is None:
+            self._closed = False
             self._stopping.clear()
             self._thread = threading.Thread(target=self._run, daemon=True,
                                             name="lexicons-replication")
@@ -318,8 +468,12 @@ class StreamLog:
         return self._caught_up.wait(timeout)
 
     def stop(self) -> None:
-        """Stop the reader; writes are refused from now on (idempotent)."""
+        """Refuse new writes, let the reader apply those under way (a few seconds at
+        most), then stop the reader (idempotent)."""
         self._closed = True
+        deadline = time.monotonic() + min(self.timeout, 5.0)
+        while self._waiting and self._reader_up and time.monotonic() < deadline:
+            time.sleep(0.01)
         self._stopping.set()
         thread, self._thread = self._thread, None
         if thread is not None:
@@ -361,7 +515,12 @@ class StreamLog:
         while not self._stopping.is_set():
             got = client.xread({self.stream: self.position}, count=BATCH, block=BLOCK_MS)
             if got:
-                self.apply(got[0][1])
+                entries = got[0][1]
+                self.apply(entries)
+                # Other nodes' writes, with none of this node's waiting: let a few more
+                # gather before the next read (fewer, larger reads cost less CPU).
+                if len(entries) < BATCH and not self._waiting:
+                    self._stopping.wait(GATHER)
 
     def _up(self) -> None:
         if not self._reader_up:
