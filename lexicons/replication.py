@@ -221,6 +221,7 @@ class StreamLog:
         self._caught_up = threading.Event()
         self._target = START          # the stream's last id when the reader connected
         self.last_error: str | None = None
+        self.lost: str | None = None   # set when the stream lost entries applied here
         self.written = 0
         self.refused = 0              # writes that could not be recorded
         self.applied = 0
@@ -492,6 +493,7 @@ class StreamLog:
                 client = self._client(socket_timeout=BLOCK_MS / 1000 + 10)
                 last = client.xrevrange(self.stream, count=1)
                 self._target = last[0][0].decode() if last else START
+                self._check_lost(client)
                 self._up()
                 delay = 0.05
                 self._follow(client)
@@ -521,6 +523,22 @@ class StreamLog:
                 # gather before the next read (fewer, larger reads cost less CPU).
                 if len(entries) < BATCH and not self._waiting:
                     self._stopping.wait(GATHER)
+
+    def _check_lost(self, client: Any) -> None:
+        """Say loudly when the stream lost entries this node applied (Redis restarted
+        without its data): nodes that start from it now would miss those writes."""
+        try:
+            stream = client.xinfo_stream(self.stream)
+            last = stream.get("last-generated-id", b"0-0")
+            last = last.decode() if isinstance(last, bytes) else str(last)
+        except Exception as exc:   # no such key: the stream is gone
+            if "no such key" not in str(exc).lower():
+                raise
+            last = START
+        if position_key(last) < position_key(self.position):
+            self.lost = (f"stream {self.stream} ends at {last}, before this node's position "
+                         f"{self.position}: Redis lost writes (restarted without its AOF?)")
+            log.error("%s; nodes starting from it now miss them", self.lost)
 
     def _up(self) -> None:
         if not self._reader_up:
@@ -617,7 +635,7 @@ class StreamLog:
             "degraded": self.degraded, "position": self.position,
             "caught_up": self._caught_up.is_set(), "written": self.written,
             "refused": self.refused, "applied": self.applied,
-            "reconnects": self.reconnects, "last_error": self.last_error,
+            "reconnects": self.reconnects, "last_error": self.last_error, "lost": self.lost,
         }
 
 

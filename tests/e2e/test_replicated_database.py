@@ -1,6 +1,8 @@
 """Real daemons sharing one replicated database through a private Redis Stream."""
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import threading
 import time
@@ -203,8 +205,13 @@ def test_redis_restarted_under_load_refuses_writes_clearly_and_loses_nothing(
     wait_for(lambda: any("cannot take writes now" in e for e in writers.errors),
              timeout=30, what="a refused write")
     wait_for(lambda: nodes[0].replication()["degraded"], timeout=30, what="degraded")
-    health = nodes[0].status()
-    assert health["persister"]["info"]["degraded"] is True
+    assert nodes[0].status()["persister"]["info"]["degraded"] is True
+    connection = http.client.HTTPConnection("127.0.0.1", nodes[0].port, timeout=10)
+    connection.request("GET", "/health")
+    response = connection.getresponse()
+    health = json.loads(response.read())
+    connection.close()
+    assert response.status == 200 and health["degraded"] == ["persister"]
     with Client(f"ws://127.0.0.1:{nodes[0].port}/") as client:   # reads go on
         with pytest.raises(CallFailed) as down:   # Dump syncs first: a clear error
             client.call("Dump", timeout=30)
