@@ -167,15 +167,31 @@ def _exact_reader(exact: type, slow: Any) -> Any:
 
 
 class _Waiter:
-    """A caller waiting for its entry to be applied here."""
+    """A caller waiting for its entry to be applied here (or for its turn to send).
 
-    __slots__ = ("done", "result", "error", "position")
+    ``done``, ``lead`` and ``signalled`` change under ``StreamLog._mu``. The
+    waiter's thread sleeps on ``lock``, held while nobody woke it; waking it
+    releases the lock once (``signalled`` keeps it from being released twice).
+    So only the threads that have something to do wake up.
+    """
+
+    __slots__ = ("done", "lead", "signalled", "lock", "result", "error", "position")
 
     def __init__(self) -> None:
-        self.done = False             # set under StreamLog._cond
+        self.done = False
+        self.lead = False
+        self.signalled = False
+        self.lock = threading.Lock()
+        self.lock.acquire()
         self.result: Any = None
         self.error: BaseException | None = None
         self.position = ""
+
+    def wake(self) -> None:
+        """Let the waiter's thread run (StreamLog._mu held)."""
+        if not self.signalled:
+            self.signalled = True
+            self.lock.release()
 
 
 class StreamLog:
@@ -227,9 +243,11 @@ class StreamLog:
         self.applied = 0
         self.entries = 0
         self.reconnects = 0
-        # _cond guards _outbox, _sending and each waiter's done; it is notified when
-        # a send ends and after each applied batch (sync() waits on it too)
-        self._cond = threading.Condition()
+        # _mu guards _outbox, _sending and the waiters' flags; _applied is notified
+        # after each applied batch when sync() waits on it
+        self._mu = threading.Lock()
+        self._applied = threading.Condition()
+        self._syncing = 0
         self._outbox: list[tuple[int, bytes, tuple]] = []
         self._sending = 0
         self._connected_once = False
@@ -275,30 +293,56 @@ class StreamLog:
         request = next(self._requests)
         waiter = self._waiting[request] = _Waiter()
         deadline = time.monotonic() + self.timeout
-        cond = self._cond
-        with cond:
+        mu = self._mu
+        with mu:
             self._outbox.append((request, payload, op))
-            while not waiter.done:
-                if self._sending < SENDERS and self._outbox:
-                    batch, self._outbox = self._outbox[:MAX_OPS], self._outbox[MAX_OPS:]
-                    self._sending += 1
-                    cond.release()
-                    try:
-                        self._send(batch)
-                    finally:
-                        cond.acquire()
-                        self._sending -= 1
-                        cond.notify_all()
-                    continue
-                left = deadline - time.monotonic()
-                if left <= 0:
+            lead = self._sending < SENDERS
+            if lead:
+                self._sending += 1
+        while True:
+            if lead:
+                self._lead()
+            with mu:
+                if waiter.done:
+                    break
+                lead, waiter.lead = waiter.lead, False
+            if lead:
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0 or not waiter.lock.acquire(timeout=left):
+                with mu:
+                    if waiter.done:
+                        break
+                    if waiter.lead:   # woken to send just now: do it
+                        waiter.lead = False
+                        lead = True
+                        continue
                     self._waiting.pop(request, None)
                     self._outbox = [item for item in self._outbox if item[0] != request]
-                    raise self._late(waiter)
-                cond.wait(left)
+                raise self._late(waiter)
+            with mu:
+                waiter.signalled = False
         if waiter.error is not None:
             raise waiter.error
         return waiter.result
+
+    def _lead(self) -> None:
+        """Send what is queued (one send slot is ours); then pass the slot on."""
+        with self._mu:
+            batch, self._outbox = self._outbox[:MAX_OPS], self._outbox[MAX_OPS:]
+        try:
+            if batch:
+                self._send(batch)
+        finally:
+            with self._mu:
+                self._sending -= 1
+                for request, _, _ in self._outbox:   # the first queued write's caller
+                    heir = self._waiting.get(request)
+                    if heir is not None and not heir.done and not heir.lead:
+                        self._sending += 1
+                        heir.lead = True
+                        heir.wake()
+                        break
 
     def _late(self, waiter: _Waiter) -> Unavailable:
         if waiter.position:
@@ -349,8 +393,10 @@ class StreamLog:
         for request, _, _ in batch:
             waiter = self._waiting.pop(request, None)
             if waiter is not None:
-                waiter.error = Unavailable(message)
-                waiter.done = True
+                with self._mu:
+                    waiter.error = Unavailable(message)
+                    waiter.done = True
+                    waiter.wake()
 
     def sync(self) -> None:
         """Wait until this node has applied every entry the stream holds now."""
@@ -365,25 +411,32 @@ class StreamLog:
             return
         target = position_key(last[0][0].decode())
         deadline = time.monotonic() + self.timeout
-        with self._cond:
-            while position_key(self.position) < target:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise Unavailable(f"this node has not caught up with the stream within "
-                                      f"{self.timeout:g} s")
-                self._cond.wait(left)
+        with self._applied:
+            self._syncing += 1
+            try:
+                while position_key(self.position) < target:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise Unavailable(f"this node has not caught up with the stream "
+                                          f"within {self.timeout:g} s")
+                    self._applied.wait(left)
+            finally:
+                self._syncing -= 1
 
     # --- applying --------------------------------------------------------------------------
 
-    def apply(self, entries: Iterable[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        """Apply stream entries in order (the reader's step)."""
+    def apply(self, entries: Iterable[tuple[bytes, dict[bytes, bytes]]]) -> int:
+        """Apply stream entries in order (the reader's step, and a sender's); return how
+        many were new here."""
         db = self.db
         answered = []
+        new = 0
         with db.lock:
             for raw_id, fields in entries:
                 position = raw_id.decode()
                 if position_key(position) <= position_key(self.position):
                     continue   # already in the tables (a snapshot's, or read twice)
+                new += 1
                 mine = fields.get(b"n") == self._node_bytes
                 local = self._batches.pop(int(fields.get(b"b", 0)), None) if mine else None
                 if local is not None:
@@ -404,10 +457,14 @@ class StreamLog:
             if not self._caught_up.is_set() and (position_key(self.position)
                                                  >= position_key(self._target)):
                 self._caught_up.set()
-        with self._cond:
+        with self._mu:
             for waiter in answered:
                 waiter.done = True
-            self._cond.notify_all()
+                waiter.wake()
+        if self._syncing:
+            with self._applied:
+                self._applied.notify_all()
+        return new
 
     @staticmethod
     def _requests_of(position: str, fields: dict[bytes, bytes]) -> list:
@@ -518,10 +575,12 @@ class StreamLog:
             got = client.xread({self.stream: self.position}, count=BATCH, block=BLOCK_MS)
             if got:
                 entries = got[0][1]
-                self.apply(entries)
-                # Other nodes' writes, with none of this node's waiting: let a few more
-                # gather before the next read (fewer, larger reads cost less CPU).
-                if len(entries) < BATCH and not self._waiting:
+                new = self.apply(entries)
+                # Only other nodes' writes and none of this node's waiting, or only
+                # entries a sender applied already: let more gather before the next
+                # read (fewer, larger reads cost less CPU; senders read what follows
+                # their own entries themselves).
+                if len(entries) < BATCH and (not new or not self._waiting):
                     self._stopping.wait(GATHER)
 
     def _check_lost(self, client: Any) -> None:
