@@ -61,7 +61,7 @@ MAX_OPS = 1000
 #: Redis to answer (and, with appendfsync always, to fsync), another sends what
 #: queued meanwhile. Entries of different callers may so reach the stream in
 #: another order than they were submitted: they were concurrent writes.
-SENDERS = 2
+SENDERS = 4
 #: Milliseconds one XREAD waits for new entries before it asks again.
 BLOCK_MS = 1000
 START = "0-0"
