@@ -39,6 +39,8 @@ from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench_database import _run_threads  # noqa: E402
+
 from lexicons import Database, Model  # noqa: E402
 from lexicons.journal import Journal  # noqa: E402
 from lexicons.replication import StreamLog  # noqa: E402
@@ -104,6 +106,7 @@ def measure(write: Callable[[int], None], threads: int, seconds: float,
     """Run *write* in *threads* threads for *seconds*; return rate and latencies (ms)."""
     stop = threading.Event()
     latencies: list[list[float]] = [[] for _ in range(threads)]
+    acks = [0] * threads
 
     def worker(k: int) -> None:
         fn = setup(k) if setup is not None else write
@@ -113,18 +116,11 @@ def measure(write: Callable[[int], None], threads: int, seconds: float,
             started = clock()
             fn(k)
             mine.append(clock() - started)
+            acks[k] += 1
 
-    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
-    started = time.perf_counter()
-    for thread in pool:
-        thread.start()
-    time.sleep(seconds)
-    stop.set()
-    for thread in pool:
-        thread.join(60)
-    elapsed = time.perf_counter() - started
+    rate = _run_threads(worker, threads, seconds, stop, acks)
     every = sorted(x for part in latencies for x in part)
-    return {"rate": len(every) / elapsed, "p50": every[len(every) // 2] * 1000,
+    return {"rate": rate, "p50": every[len(every) // 2] * 1000,
             "p99": every[min(len(every) - 1, int(len(every) * 0.99))] * 1000,
             "count": len(every)}
 

@@ -34,7 +34,7 @@ from .database import Database
 from .errors import StorageError
 from .journal import _fsync_dir
 from .replication import START, position_key
-from .storage import read_table, write_table
+from .storage import make_data_dir, read_table, write_table
 
 log = logging.getLogger("lexicons.snapshot")
 
@@ -68,10 +68,7 @@ class SnapshotStore:
 
     def load(self) -> str:
         """Load the newest complete snapshot (if any); return its stream position."""
-        try:
-            os.makedirs(self.data_dir, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"cannot create data directory {self.data_dir}: {exc}") from exc
+        make_data_dir(self.data_dir)
         for stale in glob.glob(os.path.join(self.data_dir, ".snapshot.*.tmp")):
             log.info("removing %s, left by a snapshot cut short", stale)
             shutil.rmtree(stale, ignore_errors=True)
