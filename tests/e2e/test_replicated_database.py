@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 import redis
+from simple_websocket import ConnectionClosed
 
 from lexicons.client import Client
 from lexicons.errors import CallFailed, Refused
@@ -62,7 +63,7 @@ class Writers:
                 with self.lock:
                     self.errors.append(str(exc))
                 time.sleep(0.05)
-            except (OSError, Refused, TimeoutError) as exc:   # the node is down
+            except (OSError, Refused, TimeoutError, ConnectionClosed) as exc:   # node down
                 with self.lock:
                     self.errors.append(f"connection: {exc}")
                 client = None
