@@ -120,7 +120,7 @@ def test_three_nodes_writing_at_once_end_with_identical_tables(cluster):
 
 def test_a_user_registered_on_one_node_logs_in_on_another_at_once(tmp_path, private_redis):
     """Register through node A, log in through node B right after: admitted; a wrong
-    password is still refused."""
+    password is still refused; with Redis gone, logins work and registering gets a 503."""
     cluster = Cluster(tmp_path, private_redis.url, "test:" + uuid.uuid4().hex[:8])
     try:
         a = cluster.node(APP="examples.chat")
@@ -141,6 +141,14 @@ def test_a_user_registered_on_one_node_logs_in_on_another_at_once(tmp_path, priv
             Client(f"ws://127.0.0.1:{b.port}/",
                    headers={"Register": {"name": "user0", "password": "other"}})
         assert "taken" in taken.value.reason
+        private_redis.kill()   # without Redis: logins work, registering is refused clearly
+        with Client(f"ws://127.0.0.1:{b.port}/",
+                    headers={"Login": {"name": "user1", "password": "secret"}}):
+            pass
+        with pytest.raises(Refused) as down:
+            Client(f"ws://127.0.0.1:{b.port}/",
+                   headers={"Register": {"name": "newcomer", "password": "secret"}})
+        assert down.value.status == 503 and "cannot take writes now" in down.value.reason
     finally:
         cluster.stop_all()
 
