@@ -19,14 +19,15 @@ a ticket; ``POST /session`` with ``{"session": token}`` a new ticket;
 ``DELETE /session`` with the same body ends the session. A connect with
 ``?ticket=...`` is admitted with what the login established, without running
 the headers again; a ticket is good for one connect, within ``TICKET_TTL``.
-With a persister in the daemon, the sessions outlive a clean restart: they are
-written to ``DATA_DIR/sessions.json`` (hashed tokens, mode 0600) at stop and
-read back at start.
+With a persister in the daemon, the sessions outlive a restart, a crash too: they
+are written to ``DATA_DIR/sessions.json`` (hashed tokens, mode 0600) when one
+opens or ends and at stop, and read back at start.
 """
 from __future__ import annotations
 
 import json
 import os
+import threading
 from typing import Any
 
 from lexicons import http
@@ -82,6 +83,7 @@ class GateService(Service):
         self.admitted = 0
         self.refused = 0
         self.sessions = SessionStore(self.settings.TICKET_TTL, self.settings.SESSION_TTL)
+        self._saving = threading.Lock()   # logins on several threads share one file
         self._trust: tuple[list[str], TrustList] | None = None
 
     def setup(self) -> None:
@@ -127,7 +129,11 @@ class GateService(Service):
         path = self._sessions_path()
         if path is None or not os.path.isdir(os.path.dirname(path)):
             return
-        sessions = self.sessions.export()
+        with self._saving:
+            self._write_sessions(path, self.sessions.export())
+
+    def _write_sessions(self, path: str, sessions: list[dict[str, Any]]) -> None:
+        """Write *sessions* to *path* atomically (self._saving held)."""
         temporary = path + ".tmp"
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -272,6 +278,7 @@ class GateService(Service):
         self.check(peer, given)
         state = {k: v for k, v in vars(peer).items() if k not in ("address", "request")}
         token, ticket = self.sessions.create(state)
+        self._save_sessions()   # a login outlives a crash of the daemon, not only a stop
         self.log.info("session opened for %s", request.peer)
         return HTTPResponse(200, {"session": token, "ticket": ticket,
                                   "ticket_ttl": self.settings.TICKET_TTL}, _NO_STORE)
@@ -286,6 +293,8 @@ class GateService(Service):
     def _logout(self, body: dict[str, Any]) -> HTTPResponse:
         token = body.get("session")
         ended = isinstance(token, str) and self.sessions.end(token)
+        if ended:
+            self._save_sessions()
         return HTTPResponse(200, {"ended": ended}, _NO_STORE)
 
     def _given(self, peer: Peer) -> dict[str, str]:

@@ -365,8 +365,10 @@ def test_readme_python_client_example_works_as_written(daemon):
         assert done.stdout.startswith("[{"), done.stdout
 
 
-def test_browser_sessions_outlive_a_clean_restart(tmp_path):
-    """A session from POST /session still gives tickets after stop/start; no token on disk."""
+@pytest.mark.parametrize("ending", ["stop", "kill -9"])
+def test_browser_sessions_outlive_a_restart(tmp_path, ending):
+    """A session from POST /session still gives tickets after a stop or a crash and a
+    start; no token on disk."""
     import http.client
 
     def post(port: int, body: dict) -> tuple[int, dict]:
@@ -384,7 +386,11 @@ def test_browser_sessions_outlive_a_clean_restart(tmp_path):
         status, answer = post(chat.port, {"headers": {"Register": {"name": "ida",
                                                                    "password": "pass1234"}}})
         assert status == 200, answer
-        chat.stop()
+        if ending == "stop":
+            chat.stop()
+        else:
+            chat.kill()
+            chat.wait_gone()
         kept = tmp_path / "data" / "sessions.json"
         assert kept.stat().st_mode & 0o777 == 0o600
         assert answer["session"] not in kept.read_text()
