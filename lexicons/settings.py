@@ -269,6 +269,7 @@ DEFAULT_SERVICES = [
     "services.gate/GateService",
     "services.scheduler/SchedulerService",
     "services.tasks/TasksService",
+    "services.fws/FilteredWebSocketService",
     "services.hightemplar/HighTemplarService",
     "services.amqp/AmqpService",
     "services.listener/ListenerService",
