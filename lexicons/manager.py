@@ -101,8 +101,9 @@ class ServiceManager:
 
     def build(self) -> None:
         """Instantiate every service of SERVICE_LIST (no setup yet)."""
-        from . import zephserver
+        from . import aliases, zephserver
 
+        aliases.install()  # code written for zephserver imports zephserver.* names
         for entry in self.settings.SERVICE_LIST:
             try:
                 found: Any = import_entry(entry, object, "SERVICE_LIST")

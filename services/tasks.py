@@ -17,8 +17,12 @@ of ``WORKERS`` worker threads. More tasks than workers wait in a queue of
 
 A task answers with :meth:`TasksService.say`, zephserver's ``say(answer)``:
 ``{"cid": cid, "task": ..., "data": ...}`` sends ``{"task": ..., "data": ...}``
-to that connection, ``"all": true`` to every native-protocol connection of this
-node, ``"room": "name"`` to the members of channel *name*.
+to that connection; ``"room": "name"`` to the members of channel *name*;
+``"users": [id, ...]`` to the connections whose ``ws.auth["id"]`` is one of
+them; ``"all": true`` to every native-protocol connection of this node.
+An answer to a room, users or all goes to every node of the cluster (the
+cluster event ``zephserver:say``), as zephserver did; one to a ``cid`` is sent
+from here.
 
 On stop, every running task's ``interrupt()`` is called (zephserver's
 contract: it must make ``main()`` return quickly), then the workers are
@@ -36,6 +40,9 @@ from lexicons.errors import ServiceError, SettingsError
 from lexicons.frames import text_frame
 from lexicons.service import Service
 
+#: The cluster event carrying zephserver answers to rooms, users or all.
+SAY_EVENT = "zephserver:say"
+
 
 class TasksService(Service):
     """Run zephserver-style tasks named in ``TASKS_PATH`` (see the module doc)."""
@@ -51,6 +58,7 @@ class TasksService(Service):
         self._running: dict[int, Any] = {}   # id(task) -> task, while its main() runs
         self._lock = threading.Lock()
         self._workers: list[threading.Thread] = []
+        self._events: Any = None  # the cluster events' service, once set up
         self.started = 0
         self.failed = 0
         self.refused = 0
@@ -71,6 +79,12 @@ class TasksService(Service):
             self.classes[name] = cls
         if self.classes:
             self.log.info("zephserver tasks: %s", ", ".join(sorted(self.classes)))
+            try:
+                self._events = self.manager.events()
+            except ServiceError:
+                self._events = None  # no backplane: answers reach this node's clients only
+            else:
+                self._events.subscribe(SAY_EVENT, self._said)
 
     def main(self) -> None:
         if self.classes:
@@ -83,6 +97,11 @@ class TasksService(Service):
             self.stopping.wait()
         finally:
             self._stop_workers()
+
+    def teardown(self) -> None:
+        if self._events is not None:
+            self._events.unsubscribe(SAY_EVENT, self._said)
+            self._events = None
 
     def interrupt(self) -> None:
         with self._lock:
@@ -166,21 +185,31 @@ class TasksService(Service):
 
     # --- zephserver's client socket: answer -------------------------------------------------
 
-    def say(self, answer: dict[str, Any]) -> int:
-        """Send ``{"task", "data"}`` of *answer* to its ``cid``, ``room``, or ``all``.
+    def say(self, answer: dict[str, Any], from_cluster: bool = False) -> None:
+        """Send ``{"task", "data"}`` of *answer* to its ``cid``, ``room``, ``users`` or ``all``.
 
-        Returns the number of connections it was sent to. Raises ValueError when
-        *answer* names no target or cannot be sent as JSON.
+        As in zephserver, an answer to a room, users or all goes to every node of the
+        cluster (as the cluster event ``zephserver:say``); one to a ``cid`` stays here.
+        Raises ValueError when *answer* names no target or cannot be sent as JSON.
         """
-        if not isinstance(answer, dict):
-            raise ValueError("an answer is a dict with 'task', 'data' and a target")
+        if not isinstance(answer, dict) or not {"cid", "room", "users", "all"} & set(answer):
+            raise ValueError("an answer is a dict with 'task', 'data' and a target: "
+                             "'cid', 'room', 'users' or 'all'")
         text = json.dumps({"task": answer.get("task"), "data": answer.get("data")},
                           separators=(",", ":"), allow_nan=False)
+        if "cid" not in answer and not from_cluster and self._events is not None:
+            self._events.say(SAY_EVENT, answer)  # its handler delivers it, here too
+            return
         frame = text_frame(text.encode("utf-8"))
-        targets = self._targets(answer)
-        for conn in targets:
+        for conn in self._targets(answer):
             conn.send_frame(frame)
-        return len(targets)
+
+    def _said(self, event: str, answer: Any) -> None:
+        """Deliver an answer said on any node to this node's targets."""
+        try:
+            self.say(answer, from_cluster=True)
+        except ValueError as exc:
+            self.log.warning("a zephserver answer from the cluster was dropped: %s", exc)
 
     def _targets(self, answer: dict[str, Any]) -> list[Any]:
         listener = self.manager.services.get("listener")
@@ -190,9 +219,13 @@ class TasksService(Service):
             return list(rooms.members(str(answer["room"]))) if rooms is not None else []
         connections = [c for c in (listener.hub.connections.copy() if listener else ())
                        if router is None or c.handler is router]
+        if "users" in answer:
+            wanted = set(answer["users"])
+            return [c for c in connections
+                    if isinstance(c.auth, dict) and c.auth.get("id") in wanted]
         if "all" in answer:
             return connections
         if "cid" in answer:
             return [c for c in connections if c.id == answer["cid"]]
-        raise ValueError("an answer names its target: 'cid', 'room' or 'all'")
+        return []
 

@@ -106,6 +106,9 @@ def load_filters(names: list[str]) -> dict[type[FilterBase], list[type[FilterBas
     in the order it defines them. Raises ServiceError naming a module that
     cannot be imported or defines no filter.
     """
+    from ..aliases import install
+
+    install()  # filters written for filtered_websocket import filtered_websocket.* names
     chains: dict[type[FilterBase], list[type[FilterBase]]] = {kind: [] for kind in KINDS}
     for name in names:
         path = module_name(name)

@@ -16,9 +16,12 @@ from tests.support.daemon import ROOT, kill_leftover_daemon, lexiconsd, wait_for
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 # A filter module written the way filtered_websocket's README has them: classes with a
-# classmethod filter(cls, web_socket_instance, data), registered by being imported.
+# classmethod filter(cls, web_socket_instance, data), registered by being imported (the
+# message filter imports filtered_websocket's own module name).
 SHOUT = '''
-from lexicons.fws import WebSocketMessageFilter, WebSocketOutgoingFilter
+from filtered_websocket.filters.base import WebSocketMessageFilter
+
+from lexicons.fws import WebSocketOutgoingFilter
 
 
 class CountMessages(WebSocketMessageFilter):

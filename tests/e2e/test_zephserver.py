@@ -74,11 +74,14 @@ class Listener(ServiceInterface):
 '''
 
 # zephserver tasks: built with the request, then main() runs; interrupt() must be fast.
+# This module imports zephserver's own module names, as code written for it does.
 TASKS = '''
 import pathlib
 import threading
 
-from lexicons.zephserver import ClusterAdapter, ServiceManager, TaskInterface
+from zephserver.infra.cluster_adapter import ClusterAdapter
+from zephserver.infra.service_manager import ServiceManager
+from zephserver.task.task_interface import TaskInterface
 
 HERE = pathlib.Path({here!r})
 CLIENT_SOCKET = "zephserver.service.clientsocket_service/StartClientSocket"
@@ -119,6 +122,12 @@ class WaitTask(TaskInterface):
         self._stop.set()
 
 
+class AnnounceTask(TaskInterface):
+    def main(self):
+        ServiceManager.get_instance().get_service(CLIENT_SOCKET).say(
+            {{"all": True, "task": "announce", "data": self._request["data"]}})
+
+
 class HelloTask(TaskInterface):
     def main(self):
         ClusterAdapter.get_instance().send("hello", {{"from": self._request["data"]}})
@@ -146,7 +155,8 @@ BASE = ["services.control/ControlService", "services.backplane/BackplaneService"
         "services.router/RouterService", "services.gate/GateService",
         "services.tasks/TasksService", "services.listener/ListenerService"]
 TASKS_PATH = {"echo": "zephtasks/EchoTask", "services": "zephtasks/ServicesTask",
-              "wait": "zephtasks/WaitTask", "hello": "zephtasks/HelloTask"}
+              "wait": "zephtasks/WaitTask", "hello": "zephtasks/HelloTask",
+              "announce": "zephtasks/AnnounceTask"}
 
 
 def free_port() -> int:
@@ -185,6 +195,11 @@ def stop(workdir):
 def task(client, name, data=None, timeout=10.0):
     """Send a zephserver task message and return the answer to it."""
     client.send_text(json.dumps({"task": name, "data": data}))
+    return receive_task(client, name, timeout)
+
+
+def receive_task(client, name, timeout=10.0):
+    """Return the next zephserver answer of task *name* the client receives."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         message = client.receive(timeout=deadline - time.monotonic())
@@ -284,6 +299,13 @@ def test_static_cluster_say_reaches_every_listed_server(tmp_path, nodes):
         start(nodes[-1])
     with session(ports[1]) as client:
         assert task(client, "hello", "node1")["data"] == "said"
+        with session(ports[0]) as first, session(ports[2]) as last:
+            task(first, "echo", "ready")  # both connections are served by now
+            task(last, "echo", "ready")
+            # zephserver's say() to 'all' reaches the clients of every node
+            assert task(client, "announce", "to everyone")["data"] == "to everyone"
+            assert receive_task(first, "announce")["data"] == "to everyone"
+            assert receive_task(last, "announce")["data"] == "to everyone"
     for directory in nodes:
         got = wait_for(lambda d=directory: heard(d), what=f"the event on {directory.name}")
         assert got == [{"event": "hello", "data": {"from": "node1"}}]
