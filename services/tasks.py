@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 from typing import Any
 
 from lexicons.entries import import_entry
@@ -165,17 +166,18 @@ class TasksService(Service):
                     self._running.pop(id(task), None)
 
     def _stop_workers(self) -> None:
-        self.interrupt()
+        """Join the workers (the manager called interrupt() already) within TASK_TIMEOUT."""
         for _ in self._workers:
             try:
                 self._queue.put_nowait(None)
             except queue.Full:
                 break
-        deadline = self.settings.TASK_TIMEOUT
+        deadline = time.monotonic() + self.settings.TASK_TIMEOUT
         for worker in self._workers:
-            worker.join(deadline)
-            if worker.is_alive():
-                self.log.warning("a task did not return within %g s of interrupt()", deadline)
+            worker.join(max(0.0, deadline - time.monotonic()))
+        if any(worker.is_alive() for worker in self._workers):
+            self.log.warning("a task did not return within %g s of interrupt()",
+                             self.settings.TASK_TIMEOUT)
         self._workers = []
         while not self._queue.empty():  # tasks never started are dropped with the stop
             try:

@@ -22,8 +22,8 @@ class it extends:
     ``data``; plus ``sender``, the id of the local socket that published
     it, or None).
 ``WebSocketOutgoingFilter``
-    the per-socket consumer stage: each message about to be sent to one
-    socket, with that socket. It returns the message to send instead, or
+    the per-socket consumer stage: each message the filters send to one
+    socket (``sendMessage``, broadcasts, the pub/sub relay), with that socket. It returns the message to send instead, or
     False to drop it; returning nothing sends it unchanged.
 
 The socket (``web_socket_instance``) has filtered_websocket's names: ``id``,

@@ -138,7 +138,10 @@ def apply(args: argparse.Namespace, settings: settings_mod.Settings,
     if not serve and not given(args):
         return settings
     changes = overrides(args, settings, serve)
-    for name in ("TLS_KEY", "TLS_CERT"):  # paths from the command line: as typed
-        if changes.get(name):
-            changes[name] = os.path.abspath(changes[name])
+    base_dir = settings.base_dir or os.getcwd()
+    for name, value in changes.items():  # relative paths: from where the command runs
+        declared = settings_mod.DECLARED.get(name)
+        if (declared is not None and declared.kind is settings_mod.PATH
+                and isinstance(value, str) and value not in ("", "-")):
+            changes[name] = os.path.join(base_dir, os.path.expanduser(value))
     return settings.replace(**changes)

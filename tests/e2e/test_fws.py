@@ -315,3 +315,34 @@ def test_lexiconsd_start_takes_the_same_flags(workdir):
     finally:
         assert lexiconsd("stop", cwd=workdir).returncode == 0
 
+
+
+ECHO_APP = '''
+from lexicons.application import SignalManager
+from lexicons.signal import Signal
+
+
+class Echo(Signal):
+    def execute(self, text: str):
+        return text
+
+
+signals = SignalManager(Echo)
+'''
+
+
+def test_with_an_application_messages_run_as_calls_too(tmp_path, serve):
+    """With APP set, a message goes through the filter chain and also runs as calls."""
+    (tmp_path / "echoapp.py").write_text(textwrap.dedent(ECHO_APP))
+    (tmp_path / "settings.py").write_text("APP = 'echoapp'\n")
+    port = free_port()
+    served = serve("--settings", "settings.py", "-p", str(port), "-f", "stdout_messages")
+    served.wait_port(port)
+    a = connect(port)
+    served.wait_sockets(1)
+    try:
+        a.send(json.dumps({"Echo": {"text": "hi"}, "#": 1}))
+        assert json.loads(receive(a)) == [{"Echo": "hi", "#": 1}]
+        wait_for(lambda: '=> {"Echo"' in served.stdout(), what="the printed message")
+    finally:
+        close(a)
