@@ -112,8 +112,7 @@ class ServiceManager:
                     raise  # cannot import, or no such name
                 found = None  # not a class: import_service() below says so
             if zephserver.is_service_class(found):
-                cls = found
-                service = zephserver.ZephService.build(self, self.settings, cls, entry)
+                service = zephserver.ZephService.build(self, self.settings, found, entry)
                 self.add(service)
                 self._entries[entry] = service.name
                 continue
