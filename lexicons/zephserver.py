@@ -118,13 +118,21 @@ class ZephService(Service):
 # --- zephserver's singletons ---------------------------------------------------------------
 
 
-def _manager() -> Any:
-    from .manager import current
+class _Singleton:
+    """A zephserver singleton: ``get_instance()`` answers for the daemon of this process."""
 
-    manager = current()
-    if manager is None:
-        raise ServiceError("no lexicons daemon runs in this process")
-    return manager
+    def __init__(self, manager: Any):
+        self._manager = manager
+
+    @classmethod
+    def get_instance(cls) -> Any:
+        """Return this object for the daemon running in this process (the last started)."""
+        from .manager import current
+
+        manager = current()
+        if manager is None:
+            raise ServiceError("no lexicons daemon runs in this process")
+        return cls(manager)
 
 
 #: zephserver's own services, and the lexicons service that does their work here.
@@ -134,16 +142,8 @@ BUILT_IN = {
 }
 
 
-class ServiceManager:
+class ServiceManager(_Singleton):
     """zephserver's service manager: ``get_instance().get_service(name)``."""
-
-    def __init__(self, manager: Any):
-        self._manager = manager
-
-    @classmethod
-    def get_instance(cls) -> ServiceManager:
-        """Return the service manager of the daemon running in this process."""
-        return cls(_manager())
 
     def get_service(self, name: str) -> Any:
         """Return the service *name* (``'module.path/ClassName'`` or its lexicons name), or None.
@@ -159,16 +159,8 @@ class ServiceManager:
         return service.target if isinstance(service, ZephService) else service
 
 
-class ClusterAdapter:
+class ClusterAdapter(_Singleton):
     """zephserver's cluster adapter: events said to every node of ``CLUSTER_SERVER_LIST``."""
-
-    def __init__(self, manager: Any):
-        self._manager = manager
-
-    @classmethod
-    def get_instance(cls) -> ClusterAdapter:
-        """Return the cluster adapter of the daemon running in this process."""
-        return cls(_manager())
 
     def _events(self) -> Any:
         return self._manager.events()

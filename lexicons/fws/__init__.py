@@ -23,8 +23,9 @@ class it extends:
     it, or None).
 ``WebSocketOutgoingFilter``
     the per-socket consumer stage: each message the filters send to one
-    socket (``sendMessage``, broadcasts, the pub/sub relay), with that socket. It returns the message to send instead, or
-    False to drop it; returning nothing sends it unchanged.
+    socket (``sendMessage``, broadcasts, the pub/sub relay), with that
+    socket. It returns the message to send instead, or False to drop it;
+    returning nothing sends it unchanged.
 
 The socket (``web_socket_instance``) has filtered_websocket's names: ``id``,
 ``users`` (every socket of this node by id), ``sendMessage(msg)``,
