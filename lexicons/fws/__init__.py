@@ -51,6 +51,7 @@ import uuid
 from typing import Any
 
 from ..errors import ServiceError
+from ..connection import fan_out
 from ..filters import Filter
 from ..frames import OP_BINARY, frame, text_frame
 
@@ -259,6 +260,9 @@ class Server:
         if self.chains[WebSocketOutgoingFilter]:
             for socket in targets:
                 socket.sendMessage(msg)
+        elif isinstance(msg, str):  # the broadcast hot path: framed once, writes coalesced
+            payload = msg.encode("utf-8")
+            fan_out([socket.connection for socket in targets], text_frame(payload), payload)
         else:
             data = _frame(msg)
             for socket in targets:
