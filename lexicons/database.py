@@ -35,7 +35,10 @@ Durability is pluggable: with a journal attached, every write hands it a small
 record (``('c', table, values)``, ``('u', table, pk, fields)``, ``('d', table,
 pk)``) while the lock is held, so the journal's order is the order of the
 writes; :meth:`Database.commit` waits until the calling thread's writes are
-durable per the journal's policy.
+durable per the journal's policy. Every write passes :meth:`Database._record`,
+which holds the records of a thread's open :meth:`Database.transaction` back
+(with how to undo each) until it ends: journaled in order when it succeeds,
+undone when it raises.
 
 What the calls return
 ---------------------
@@ -49,6 +52,7 @@ cyclic garbage collector (see :func:`_gc_paused`).
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import operator
 import re
@@ -109,6 +113,8 @@ class Table:
         self.name = schema.name
         self.fields = schema.fields
         self.pk_field = _pk_field(self.name)
+        self.containers = tuple(n for n, f in schema.fields.items()
+                                if f.kind in ("list", "set", "dict"))
         names = ("pk",) + schema.names
         self.dtypes = {name: _dtype(self.field(name)) for name in names}
         # Slots [0, hn) live in the arrays, slots [hn, len(live)) in the tail lists.
@@ -120,6 +126,7 @@ class Table:
         self.live = bytearray()
         self.index: dict[str, int] = {}
         self.dead = 0
+        self.compactions = 0      # bumped when slots move: an undo of a drop checks it
         self.version = 0          # bumped by every write: dirty tracking for snapshots
         self.saved_version = 0    # the version last written to disk
         self.livemut = 0
@@ -163,7 +170,7 @@ class Table:
             "INT_MAX": INT_MAX, "SETTERS": frozenset(self.schema.setters),
             "SLOW": self._create_slow, "UNKNOWN": self._unknown, "DUP": self._duplicate,
             "DANGLING": self._dangling, "G": self.getters, "TAIL_MAX": TAIL_MAX,
-            "FLUSH": self._flush,
+            "FLUSH": self._flush, "TURN": self.db._wait_turn, "RECORD": self.db._record,
         }
         lines = ["def create(kw):"]
         if self.schema.setters:
@@ -193,6 +200,7 @@ class Table:
         values = "".join(f", v{i}" for i in range(len(names)))
         lines += ["    if kw: UNKNOWN(kw)",
                   "    with LOCK:",
+                  "        if DB._owner is not None: TURN()",
                   "        if pk is None:",
                   "            pk = NEW_PK()",
                   "            while pk in INDEX: pk = NEW_PK()",
@@ -208,8 +216,12 @@ class Table:
                   "        if EQ: INDEX_ROW(pos)",
                   "        if len(PKS) >= TAIL_MAX: FLUSH()",
                   "        T.version += 1",
-                  "        J = DB.journal",
-                  f"        if J is not None: TL.seq = J.append(('c', NAME, (pk{values},)))",
+                  # _record, inlined for the common case: no transaction open
+                  "        if TL.tx is not None:",
+                  f"            RECORD(('c', NAME, (pk{values},)), (T, 'c', pk), TL.tx)",
+                  "        else:",
+                  "            J = DB.journal",
+                  f"            if J is not None: TL.seq = J.append(('c', NAME, (pk{values},)))",
                   "    o = NEW(CLS)",
                   "    d = o.__dict__"]
         # Storing into the instance's own dict is quicker than building one to copy.
@@ -255,6 +267,7 @@ class Table:
         values["pk"] = instance.__dict__["pk"]
         given = "pk" in kw
         with self.db.lock:
+            self.db._wait_turn()
             pk = values["pk"]
             if pk in self.index:
                 if given:
@@ -265,7 +278,7 @@ class Table:
             self._check_refs(values)
             row = tuple(values[n] for n in self.schema.names)
             self._insert(pk, row)
-            self.db._journal(("c", self.name, (pk,) + row))
+            self.db._record(("c", self.name, (pk,) + row), (self, "c", pk), self.db._local.tx)
         return instance
 
     def _unknown(self, kw: dict[str, Any]) -> None:
@@ -433,6 +446,21 @@ class Table:
         if self.dead > COMPACT_MIN and self.dead * 2 > len(self.live):
             self._compact()
 
+    def _revive(self, pk: str, pos: int, values: tuple, compactions: int) -> None:
+        """Bring back the row *pk* dropped from slot *pos* (undoing a drop; lock held).
+
+        In its old slot when no compaction moved the slots since, else as a new row.
+        """
+        if (compactions == self.compactions and pos < len(self.live) and not self.live[pos]
+                and pk not in self.index and self._value("pk", pos) == pk):
+            self.live[pos] = 1
+            self.index[pk] = pos
+            self.dead -= 1
+            self.livemut += 1
+            self.version += 1
+        elif pk not in self.index:
+            self._insert(pk, values)
+
     def _compact(self) -> None:
         """Remove tombstones: new arrays of the live rows, the index and live bytes anew."""
         self._flush()
@@ -444,6 +472,7 @@ class Table:
         self.index.update(zip(self.arrays["pk"].tolist(), range(n), strict=True))
         self.live[:] = b"\x01" * n
         self.dead = 0
+        self.compactions += 1
         self._changed_all()
 
     def _changed_all(self) -> None:
@@ -464,6 +493,7 @@ class Table:
         self.index.clear()
         self.live.clear()
         self.dead = 0
+        self.compactions += 1
         self._changed_all()
         self.version += 1
 
@@ -803,6 +833,52 @@ class _Filter:
         self.key, self.field, self.op, self.value = key, field, op, value
 
 
+class _Local(threading.local):
+    """Per thread: its open transaction and the journal sequence of its last write."""
+
+    tx: Transaction | None = None
+    seq: int = 0
+
+
+class Transaction:
+    """One thread's writes as a unit: all kept, or all undone (see Database.transaction)."""
+
+    __slots__ = ("db", "records", "undo", "holding", "nested")
+
+    def __init__(self, db: Database):
+        self.db = db
+        self.records: list[tuple] = []
+        self.undo: list[tuple] = []
+        self.holding = False   # this transaction owns the writes (db._owner)
+        self.nested = False    # inside another transaction of this thread: that one decides
+
+    def __enter__(self) -> Transaction:
+        local = self.db._local
+        if local.tx is not None:
+            self.nested = True
+            return local.tx
+        local.tx = self
+        return self
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        if self.nested:
+            return
+        db = self.db
+        db._local.tx = None
+        if not self.holding:
+            return
+        with db.lock:
+            try:
+                if kind is None:
+                    for record in self.records:
+                        db._journal(record)
+                else:
+                    db._rollback(self.undo)
+            finally:
+                self.holding = False
+                db._end_turn()
+
+
 class Database:
     """The tables of an application, in memory (see the module docstring).
 
@@ -813,8 +889,17 @@ class Database:
 
     def __init__(self, models: Iterable[type[Model]] = (), *, journal: Any = None):
         self.lock = threading.Lock()
+        # A transaction owns the writes from its first write to its end: no other
+        # thread's write comes between, so its records, journaled at the end, keep the
+        # order of the changes, and undoing them undoes nobody else's (see
+        # transaction()). Writers check the owner under the lock (_wait_turn).
+        self._owner: int | None = None
+        self._turn = threading.Condition(self.lock)
         self.journal = journal
-        self._local = threading.local()
+        #: The replication log every write goes through, when one is attached
+        #: (:class:`lexicons.replication.StreamLog`); None: writes are made here.
+        self.replica: Any = None
+        self._local = _Local()
         self._tables: dict[Any, Table] = {}
         self._referrers: dict[str, list[tuple[Table, str]]] = {}
         models = list(models)
@@ -866,6 +951,20 @@ class Database:
         raise AttributeError(f"{type(self).__name__} has no attribute or model {name!r}")
 
     # --- writes -------------------------------------------------------------------------
+    #
+    # A write is checked first, outside the lock, then becomes one *write op*, a tuple
+    # handed to :meth:`_write`, the one place where a write is made: applied here under
+    # the lock (and journaled), or, with a replication log attached, recorded in the log
+    # and applied by every node in the log's order (see :mod:`lexicons.replication`).
+    # :meth:`_apply` alone turns an op into changes of the tables; it decides everything
+    # that depends on the data (a made-up pk that is taken, a reference to a missing row,
+    # the rows a cascade takes, get_or_create finding a row), so that nodes applying
+    # the same ops in the same order end with the same tables and the same answers.
+    #
+    #   ("c", table, pk, row, given)            create; row: a value per field
+    #   ("u", table, pk, changes)               update; changes: field -> value
+    #   ("d", table, pk, cascade)               drop
+    #   ("g", table, lookup, pk, row, given)    get_or_create; lookup: field -> value
 
     def create(self, model: Any, **fields: Any) -> Model:
         """Insert a row and return it; ``pk`` may be given, else one is made up."""
@@ -873,7 +972,16 @@ class Database:
             table = self._tables[model]
         except (KeyError, TypeError):
             table = self.table(model)
-        return table.create(fields)
+        if self.replica is None:
+            return table.create(fields)
+        given = "pk" in fields
+        candidate = table.model(**fields)
+        d = candidate.__dict__
+        row = tuple(d[n] for n in table.schema.names)
+        d["pk"] = self._write(("c", table.name, d["pk"], row, given))
+        for name in table.containers:   # the stored row holds the candidate's own
+            d[name] = clone(d[name])
+        return candidate
 
     def update(self, model: Any, row: Any, **fields: Any) -> Model:
         """Change fields of the row *row* (a pk or an instance) and return the row.
@@ -885,10 +993,12 @@ class Database:
         pk = self._pk_of(table, row)
         if "pk" in fields:
             raise ValidationError(f"{table.name}.pk cannot be changed")
-        if not fields and isinstance(row, Model):
+        from_instance = not fields and isinstance(row, Model)
+        if from_instance:   # the instance's values as stored: its setters already ran
             fields = {n: row.__dict__[n] for n in table.schema.names if n in row.__dict__}
         setters = table.schema.setters
-        computed = {n: fields.pop(n) for n in list(fields) if n in setters}
+        computed = {} if from_instance else {n: fields.pop(n) for n in list(fields)
+                                             if n in setters}
         changes = {}
         for name, value in fields.items():
             field = table.fields.get(name)
@@ -903,16 +1013,7 @@ class Database:
             for name, value in computed.items():
                 setattr(current, name, value)
             changes = {n: current.__dict__[n] for n in table.schema.names}
-        with self.lock:
-            pos = table.index.get(pk)
-            if pos is None:
-                raise DoesNotExist(f"no {table.name} with pk {pk!r}")
-            table._check_refs(changes)
-            if changes:
-                table._set(pos, changes)
-                self._journal(("u", table.name, pk, changes))
-            row_values = table._row(pos)
-        return table._instance(pk, row_values)
+        return self._write(("u", table.name, pk, changes))
 
     def drop(self, model: Any, row: Any, cascade: bool = False) -> int:
         """Delete the row *row* (a pk or an instance); return how many rows went.
@@ -923,16 +1024,7 @@ class Database:
         such row.
         """
         table = self.table(model)
-        pk = self._pk_of(table, row)
-        with self.lock:
-            if pk not in table.index:
-                raise DoesNotExist(f"no {table.name} with pk {pk!r}")
-            doomed = self._doomed(table, pk, cascade)
-            for victim, pks in doomed.items():
-                for victim_pk in pks:
-                    victim._kill(victim.index[victim_pk])
-                    self._journal(("d", victim.name, victim_pk))
-            return sum(len(pks) for pks in doomed.values())
+        return self._write(("d", table.name, self._pk_of(table, row), bool(cascade)))
 
     def _doomed(self, table: Table, pk: str, cascade: bool) -> dict[Table, list[str]]:
         """Return every row a drop takes with it, or raise IntegrityError (lock held)."""
@@ -963,36 +1055,181 @@ class Database:
         """Return ``(row, False)`` for the one row matching *fields*, else create it.
 
         The new row gets *fields* plus *defaults*; the look-up and the insert are
-        one step, so two threads never both create it.
+        one step, so two threads (or, replicated, two nodes) never both create it.
         """
         table = self.table(model)
         values = dict(fields)
         values.update(defaults or {})
-        while True:
-            found = self.get(table.model, **fields)
-            if found is not None:
-                return found, False
-            with self.lock:
-                version = table.version
-            candidate = table.model(**values)
-            with self.lock:
-                if table.version != version and len(self._select(table, fields)):
-                    continue   # someone created it meanwhile: fetch theirs
-                pk = candidate.__dict__["pk"]
-                if pk in table.index:
-                    if "pk" in values:
-                        table._duplicate(pk)
-                    pk = candidate.__dict__["pk"] = new_pk()
-                row = {n: candidate.__dict__[n] for n in table.schema.names}
-                table._check_refs(row)
-                table._insert(pk, tuple(row.values()))
-                self._journal(("c", table.name, (pk,) + tuple(row.values())))
-            return table._instance(pk, row), True
+        found = self.get(table.model, **fields)
+        if found is not None:
+            return found, False
+        candidate = table.model(**values)   # outside the lock: setters may be slow
+        d = candidate.__dict__
+        lookup = {name: d[name] if name in d else value for name, value in fields.items()}
+        row = tuple(d[n] for n in table.schema.names)
+        return self._write(("g", table.name, lookup, d["pk"], row, "pk" in values))
+
+    def _write(self, op: tuple) -> Any:
+        """Make one write op (see above) and return what applying it decided."""
+        replica = self.replica
+        if replica is not None:
+            return replica.submit(op)
+        with self.lock:
+            if self._owner is not None:
+                self._wait_turn()
+            return self._apply(op, None, True)
+
+    def _apply(self, op: tuple, position: str | None, answer: bool) -> Any:
+        """Apply one write op to the tables and return its result (lock held).
+
+        *position* is the op's place in the replication log (None for a local
+        write): a made-up pk that is taken is replaced by one derived from it, so
+        every node picks the same. *answer* asks for the instances a caller gets
+        back (only the node whose caller waits needs them). Raises before changing
+        anything when the op cannot be made; journals what it changed.
+        """
+        kind, table = op[0], self._tables[op[1]]
+        # A local write belongs to this thread's transaction, if one is open; an op of
+        # the replication log is committed already, wherever it is applied.
+        tx = self._local.tx if position is None else None
+        if kind == "c":
+            return self._insert(table, op[2], op[3], op[4], position, tx)
+        if kind == "u":
+            pk, changes = op[2], op[3]
+            pos = table.index.get(pk)
+            if pos is None:
+                raise DoesNotExist(f"no {table.name} with pk {pk!r}")
+            table._check_refs(changes)
+            if changes:
+                old = {name: table._value(name, pos) for name in changes} \
+                    if tx is not None else None   # what an undo needs
+                table._set(pos, changes)
+                self._record(("u", table.name, pk, changes), (table, "u", pk, old), tx)
+            return table._instance(pk, table._row(pos)) if answer else pk
+        if kind == "d":
+            pk = op[2]
+            if pk not in table.index:
+                raise DoesNotExist(f"no {table.name} with pk {pk!r}")
+            doomed = self._doomed(table, pk, op[3])
+            for victim, pks in doomed.items():
+                for victim_pk in pks:
+                    pos = victim.index[victim_pk]
+                    undo = (victim, "d", victim_pk, pos, victim._row(pos), victim.compactions) \
+                        if tx is not None else ()
+                    victim._kill(pos)
+                    self._record(("d", victim.name, victim_pk), undo, tx)
+            return sum(len(pks) for pks in doomed.values())
+        if kind == "g":
+            lookup, row = op[2], op[4]
+            found = self._select(table, dict(lookup))
+            if len(found) > 1:
+                shown = ", ".join(f"{k}={v!r}" for k, v in lookup.items())
+                raise MultipleRowsFound(f"{table.name}: several rows match {shown}")
+            if len(found):
+                pk = table._value("pk", int(found[0]))
+                return (table._instance(pk, table._row(int(found[0]))) if answer else pk,
+                        False)
+            pk = self._insert(table, op[3], row, op[5], position, tx)
+            names = table.schema.names
+            return (table._instance(pk, dict(zip(names, row, strict=True))) if answer
+                    else pk, True)
+        raise DatabaseError(f"unknown write op {kind!r}")
+
+    def _insert(self, table: Table, pk: str, row: tuple, given: bool,
+                position: str | None, tx: Transaction | None) -> str:
+        """Insert one checked row and record it; return its pk (lock held)."""
+        if pk in table.index:
+            if given:
+                table._duplicate(pk)
+            pk = _free_pk(table, position)
+        table._check_refs(dict(zip(table.schema.names, row, strict=True)))
+        table._insert(pk, row)
+        self._record(("c", table.name, (pk,) + tuple(row)), (table, "c", pk), tx)
+        return pk
+
+    # --- transactions -----------------------------------------------------------------
+
+    def transaction(self) -> Transaction:
+        """Return a context making this thread's writes in the block one unit.
+
+        ::
+
+            with db.transaction():
+                db.create(Order, ...)
+                db.update(Stock, pk, left=n - 1)   # raises: the order goes too
+
+        The writes are made at once (the thread reads its own writes) and
+        journaled when the block ends without an exception; on an exception they
+        are undone, in reverse order, and never reach the journal. From its first
+        write to its end, a transaction holds other writers back (readers are
+        not): keep the code after a transaction's first write short. A
+        transaction inside another is part of the outer one. The router runs
+        every signal in one.
+        """
+        return Transaction(self)
+
+    def _record(self, record: tuple, undo: tuple, tx: Transaction | None) -> None:
+        """Hand a write on: to the transaction *tx*, or to the journal (lock held).
+
+        Every write ends here once the tables are changed; *undo* says how to take
+        it back (``(table, 'c', pk)``, ``(table, 'u', pk, old values)``, ``(table,
+        'd', pk, slot, values, compactions)``).
+        """
+        if tx is None:
+            self._journal(record)
+            return
+        if not tx.holding:   # the first write: keep other writers out until the end
+            self._owner = threading.get_ident()
+            tx.holding = True
+        tx.records.append(record)
+        tx.undo.append(undo)
+
+    def _wait_turn(self) -> None:
+        """Wait until no other thread's transaction owns the writes (lock held)."""
+        owner = self._owner
+        if owner is None:
+            return
+        me = threading.get_ident()
+        while owner is not None and owner != me:
+            self._turn.wait()
+            owner = self._owner
+
+    def _end_turn(self) -> None:
+        """Let other writers in again (lock held)."""
+        self._owner = None
+        self._turn.notify_all()
+
+    def _rollback(self, undo: list[tuple]) -> None:
+        """Take back a transaction's writes, last first (lock held, this thread owning)."""
+        for entry in reversed(undo):
+            table, op, pk = entry[0], entry[1], entry[2]
+            if op == "c":
+                pos = table.index.get(pk)
+                if pos is not None:
+                    table._kill(pos)
+            elif op == "u":
+                pos = table.index.get(pk)
+                if pos is not None:
+                    table._set(pos, entry[3])
+            else:
+                table._revive(pk, entry[3], tuple(entry[4].values()), entry[5])
 
     def _journal(self, record: tuple) -> None:
         journal = self.journal
         if journal is not None:
             self._local.seq = journal.append(record)
+
+    def sync(self) -> None:
+        """Wait until this node holds every write recorded so far on any node.
+
+        A node reads its own writes at once; another node's writes arrive
+        within the replication lag (about a Redis round trip). Call this before a
+        read that must see them, e.g. a login that finds no such user. A no-op
+        without replication. Raises Unavailable when the stream cannot be reached.
+        """
+        replica = self.replica
+        if replica is not None:
+            replica.sync()
 
     def commit(self) -> None:
         """Wait until every write this thread made is durable (no-op without a journal)."""
@@ -1381,6 +1618,22 @@ class Database:
             if pos is not None:
                 table._kill(pos)
         return None
+
+
+def _free_pk(table: Table, position: str | None) -> str:
+    """Return a pk no row of *table* has: random, or derived from a log position."""
+    if position is None:
+        pk = new_pk()
+        while pk in table.index:
+            pk = new_pk()
+        return pk
+    n = 0
+    while True:
+        digest = hashlib.blake2b(f"{position}/{table.name}/{n}".encode(), digest_size=8)
+        pk = digest.hexdigest()
+        if pk not in table.index:
+            return pk
+        n += 1
 
 
 def _index_add(index: dict[Any, Any], value: Any, pos: int) -> None:

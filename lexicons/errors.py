@@ -5,6 +5,7 @@ builtin, so callers may catch either::
 
     LexiconsError
      +-- SettingsError (ValueError)          a setting has a bad value or is unknown
+     |    +-- EntryError (ServiceError)      a SERVICE_LIST/FILTERS entry names nothing there
      +-- ServiceError (RuntimeError)         a service cannot be built, started or found
      |    +-- IllegalTransition              a state change the lifecycle forbids
      +-- LockError (OSError)                 the lock file is held by a running daemon
@@ -21,6 +22,7 @@ builtin, so callers may catch either::
      |    +-- MultipleRowsFound (LookupError) several rows matched where one was expected
      |    +-- IntegrityError                 a write would leave a reference pointing at nothing
      |    +-- StorageError (OSError)         a data file or journal is damaged or unwritable
+     |    +-- Unavailable (ConnectionError)  a replicated write cannot reach its stream
      +-- TaskError (RuntimeError)            a task is declared wrongly, or a required one failed
 """
 from __future__ import annotations
@@ -36,6 +38,10 @@ class SettingsError(LexiconsError, ValueError):
 
 class ServiceError(LexiconsError, RuntimeError):
     """A service cannot be built, started, stopped or found."""
+
+
+class EntryError(SettingsError, ServiceError):
+    """A ``'module.path/ClassName'`` setting names a module or class that is not there."""
 
 
 class IllegalTransition(ServiceError):
@@ -77,10 +83,11 @@ class CallFailed(CallError):
 class Refused(LexiconsError, ConnectionError):
     """The server refused the websocket connection (client side), with status and reason."""
 
-    def __init__(self, status: int, reason: str):
+    def __init__(self, status: int, reason: str, messages: list | None = None):
         super().__init__(f"{status} {reason}" if status else reason)
         self.status = status
         self.reason = reason
+        self.messages = messages or []   # what the server's headers sent before refusing
 
 
 class DatabaseError(LexiconsError, ValueError):
@@ -105,6 +112,10 @@ class IntegrityError(DatabaseError):
 
 class StorageError(DatabaseError, OSError):
     """A data file or the journal is damaged or cannot be written."""
+
+
+class Unavailable(DatabaseError, ConnectionError):
+    """A replicated database cannot take a write now (its Redis Stream is out of reach)."""
 
 
 class TaskError(LexiconsError, RuntimeError):
