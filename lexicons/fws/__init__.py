@@ -50,8 +50,8 @@ import threading
 import uuid
 from typing import Any
 
-from ..errors import ServiceError
 from ..connection import fan_out
+from ..errors import ServiceError
 from ..filters import Filter
 from ..frames import OP_BINARY, frame, text_frame
 
