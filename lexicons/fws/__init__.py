@@ -51,7 +51,7 @@ import uuid
 from typing import Any
 
 from ..connection import fan_out
-from ..errors import ServiceError
+from ..errors import EntryError, ServiceError
 from ..filters import Filter
 from ..frames import OP_BINARY, frame, text_frame
 
@@ -116,6 +116,12 @@ def load_filters(names: list[str]) -> dict[type[FilterBase], list[type[FilterBas
         path = module_name(name)
         try:
             module = importlib.import_module(path)
+        except ModuleNotFoundError as exc:
+            missing = exc.name or ""
+            error = EntryError if path == missing or path.startswith(missing + ".") \
+                else ServiceError  # else: the module is there, its import is not
+            raise error(f"FWS_FILTERS: cannot import {name!r}: "
+                        f"{type(exc).__name__}: {exc}") from exc
         except Exception as exc:  # user code: any failure to import is reported by name
             raise ServiceError(f"FWS_FILTERS: cannot import {name!r}: "
                                f"{type(exc).__name__}: {exc}") from exc
@@ -128,7 +134,7 @@ def load_filters(names: list[str]) -> dict[type[FilterBase], list[type[FilterBas
                         chains[kind].append(value)
                         found += 1
         if not found:
-            raise ServiceError(f"FWS_FILTERS: module {name!r} defines no filter (a subclass of "
+            raise EntryError(f"FWS_FILTERS: module {name!r} defines no filter (a subclass of "
                                f"lexicons.fws.WebSocketMessageFilter or another kind)")
     return chains
 
