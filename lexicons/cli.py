@@ -52,7 +52,9 @@ def _prepare_imports(settings: settings_mod.Settings) -> None:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    settings = _load(args)
+    from .fws.cli import apply
+
+    settings = apply(args, _load(args), serve=getattr(args, "serve", False))
     from .lockfile import holder
 
     pid = holder(settings.LOCK_FILE)
@@ -341,10 +343,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="settings module (default: $LEXICONS_SETTINGS, else ./settings.py)")
         return p
 
+    from .fws.cli import add_arguments as add_fws_arguments
+
     p = add("start", "start the daemon")
     p.add_argument("--foreground", action="store_true",
                    help="stay in the foreground (systemd, containers)")
+    add_fws_arguments(p)
     p.set_defaults(func=cmd_start)
+    p = add("serve", "serve in the foreground with filtered_websocket's options")
+    add_fws_arguments(p)
+    p.set_defaults(func=cmd_start, foreground=True, serve=True)
     p = add("stop", "stop the running daemon cleanly")
     p.add_argument("--timeout", type=float, default=0, help="seconds to wait for it to exit")
     p.set_defaults(func=cmd_stop)

@@ -341,6 +341,22 @@ def _plain(obj: Any, name: str) -> Callable[..., Any]:
     return getattr(type(obj), name).__get__(obj)
 
 
+def daemon_spec(settings: Any) -> dict[str, list[str]]:
+    """Return ``FILTERS`` plus the filters other settings imply.
+
+    ``TASKS_PATH`` adds :class:`lexicons.zephserver.TaskMessages` to the data
+    stage, ``FWS_FILTERS`` adds :class:`lexicons.fws.Chain` to the connect, data
+    and disconnect stages, each after the filters ``FILTERS`` lists.
+    """
+    spec = {stage: list(entries) for stage, entries in settings.FILTERS.items()}
+    if settings.TASKS_PATH:
+        spec.setdefault("data", []).append("lexicons.zephserver/TaskMessages")
+    if settings.FWS_FILTERS:
+        for stage in ("connect", "data", "disconnect"):
+            spec.setdefault(stage, []).append("lexicons.fws/Chain")
+    return spec
+
+
 _daemons: weakref.WeakKeyDictionary[Any, Filters] = weakref.WeakKeyDictionary()
 _daemons_lock = threading.Lock()
 
@@ -355,7 +371,7 @@ def for_daemon(manager: Any) -> Filters:
     with _daemons_lock:
         found = _daemons.get(manager)
         if found is None:
-            found = Filters.load(manager.settings.FILTERS, manager)
+            found = Filters.load(daemon_spec(manager.settings), manager)
             _daemons[manager] = found
         return found
 

@@ -48,6 +48,21 @@ def import_service(entry: str) -> type[Service]:
     return import_entry(entry, Service, "SERVICE_LIST")
 
 
+_current: list[ServiceManager] = []
+_current_lock = threading.Lock()
+
+
+def current() -> ServiceManager | None:
+    """Return the most recently started manager of this process still running, or None.
+
+    zephserver code reaches its daemon through singletons
+    (``ServiceManager.get_instance()``); :mod:`lexicons.zephserver` answers them
+    with this.
+    """
+    with _current_lock:
+        return _current[-1] if _current else None
+
+
 class _Record:
     """What the supervisor remembers about one service between ticks."""
 
@@ -74,6 +89,7 @@ class ServiceManager:
         self._facade: Any = None     # set by an embedding program or a test; else the router's
         self.clock = clock
         self.services: dict[str, Service] = {}
+        self._entries: dict[str, str] = {}  # SERVICE_LIST entry -> service name
         self._records: dict[str, _Record] = {}
         self._lock = threading.RLock()
         self._stopping = threading.Event()
@@ -85,7 +101,21 @@ class ServiceManager:
 
     def build(self) -> None:
         """Instantiate every service of SERVICE_LIST (no setup yet)."""
+        from . import aliases, zephserver
+
+        aliases.install()  # code written for zephserver imports zephserver.* names
         for entry in self.settings.SERVICE_LIST:
+            try:
+                found: Any = import_entry(entry, object, "SERVICE_LIST")
+            except ServiceError as exc:
+                if not str(exc).endswith("subclass"):
+                    raise  # cannot import, or no such name
+                found = None  # not a class: import_service() below says so
+            if zephserver.is_service_class(found):
+                service = zephserver.ZephService.build(self, self.settings, found, entry)
+                self.add(service)
+                self._entries[entry] = service.name
+                continue
             cls = import_service(entry)
             try:
                 service = cls(self, self.settings)
@@ -93,6 +123,7 @@ class ServiceManager:
                 raise ServiceError(f"service {entry!r} failed to build: "
                                    f"{type(exc).__name__}: {exc}") from exc
             self.add(service)
+            self._entries[entry] = service.name
 
     def add(self, service: Service) -> None:
         """Register an already built service (embedding programs and tests use this)."""
@@ -102,12 +133,57 @@ class ServiceManager:
         self._records[service.name] = _Record()
 
     def get_service(self, name: str) -> Service:
-        """Return the service called *name*; ServiceError if there is none."""
-        try:
-            return self.services[name]
-        except KeyError:
-            raise ServiceError(f"no service named {name!r} "
-                               f"(running: {', '.join(self.services) or 'none'})") from None
+        """Return the service called *name* (or named so in SERVICE_LIST); ServiceError if none.
+
+        A service that asks for it (``resurrect_on_get``, as zephserver services do)
+        and whose main() died is started again first, without waiting for its backoff.
+        """
+        service = self.services.get(name)
+        if service is None:
+            service = self.services.get(self._entries.get(name, ""))
+            if service is None:
+                raise ServiceError(f"no service named {name!r} "
+                                   f"(running: {', '.join(self.services) or 'none'})")
+        if getattr(service, "resurrect_on_get", False):
+            self._resurrect(service)
+        return service
+
+    def _resurrect(self, service: Service) -> None:
+        """Start *service* again now if its main() died (counted as a failure and a restart)."""
+        thread = service.thread
+        # Checked without the lock first: stop() holds it while joining a stopping service,
+        # whose main() may well call get_service() on its way out.
+        dead = service.state is S.RUNNING and thread is not None and not thread.is_alive()
+        if not (dead or service.state is S.BACKOFF) or self._supervisor is None:
+            return
+        fatal = False
+        with self._lock:
+            if self._stopping.is_set() or service.stopping.is_set():
+                return
+            thread = service.thread
+            if (service.state is S.RUNNING and thread is not None and not thread.is_alive()):
+                fatal = self._failed(service, self.clock())
+            if service.state is S.BACKOFF:
+                self._records[service.name].restarts += 1
+                log.info("service %s: main() had died; started again for get_service()",
+                         service.name)
+                self._launch(service)
+        if fatal and self.on_fatal is not None:
+            self.on_fatal(service)
+
+    def events(self) -> Any:
+        """Return the service carrying cluster events (``say``/``subscribe``/``unsubscribe``).
+
+        The cluster service when it runs a static cluster (``CLUSTER_SERVER_LIST``),
+        else the backplane; ServiceError when there is neither.
+        """
+        cluster = self.services.get("cluster")
+        if cluster is not None and getattr(cluster, "active", False):
+            return cluster
+        backplane = self.services.get("backplane")
+        if backplane is None:
+            raise ServiceError("no backplane service runs: cluster events are not possible")
+        return backplane
 
     @property
     def facade(self) -> Any:
@@ -134,6 +210,8 @@ class ServiceManager:
         """
         if not self.services:
             self.build()
+        with _current_lock:  # services may ask for their daemon as soon as they run
+            _current.append(self)
         self.started_at = self.clock()
         self.started_wall = time.time()
         started: list[Service] = []
@@ -142,6 +220,9 @@ class ServiceManager:
                 service.setup()
             except Exception as exc:
                 log.exception("service %s failed to set up", service.name)
+                with _current_lock:
+                    if self in _current:
+                        _current.remove(self)
                 for done in reversed(started):
                     self._stop_one(done)
                     self._teardown(done)
@@ -160,6 +241,9 @@ class ServiceManager:
     def stop(self) -> None:
         """Stop every service in reverse order and run their teardowns. Idempotent."""
         self._stopping.set()
+        with _current_lock:
+            if self in _current:
+                _current.remove(self)
         if self._supervisor is not None:
             self._supervisor.join()
             self._supervisor = None

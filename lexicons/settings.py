@@ -273,11 +273,14 @@ def _check_headers(value: dict) -> None:
 DEFAULT_SERVICES = [
     "services.control/ControlService",
     "services.backplane/BackplaneService",
+    "services.cluster/ClusterService",
     "services.persister/PersisterService",
     "services.rooms/RoomsService",
     "services.router/RouterService",
     "services.gate/GateService",
     "services.scheduler/SchedulerService",
+    "services.tasks/TasksService",
+    "services.fws/FilteredWebSocketService",
     "services.hightemplar/HighTemplarService",
     "services.amqp/AmqpService",
     "services.listener/ListenerService",
@@ -454,6 +457,73 @@ declare("RATE_LIMIT_CLOSE", 100, integer(0),
 declare("METRICS_PATH", "/metrics", STR,
         "plain HTTP path of the Prometheus metrics ('': not served)", section="integration",
         check=_check_metrics_path)
+
+
+# coming from zephserver and filtered_websocket
+
+
+def _check_tasks_path(value: dict) -> None:
+    for name, entry in value.items():
+        module, sep, cls = entry.partition("/") if isinstance(entry, str) else ("", "", "")
+        if not isinstance(name, str) or not sep or not module or not cls:
+            raise SettingsError(f"task {name!r}: expected 'module.path/ClassName', got {entry!r}")
+
+
+def _check_server_list(value: Any) -> list:
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise _fail("a list of servers ({'hostname', 'address', 'port'} or 'host:port')", value)
+    servers = list(value)
+    from .cluster import parse_servers  # the cluster module owns the entries' shape
+
+    parse_servers(servers)
+    return servers
+
+
+def _parse_server_list(text: str) -> list:
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            return _check_server_list(json.loads(text))
+        except json.JSONDecodeError:
+            raise _fail("a JSON list of servers", text) from None
+    return _check_server_list([part.strip() for part in text.split(",") if part.strip()])
+
+
+SERVER_LIST = Kind("a list of servers", _check_server_list, _parse_server_list)
+
+
+def _check_storage(value: str) -> None:
+    if value not in ("memory", "redis") and "/" not in value:
+        raise SettingsError("expected 'memory', 'redis' or 'module.path/ClassName'")
+
+
+declare("TASKS_PATH", {}, DICT,
+        "zephserver tasks: {name: 'module.path/ClassName'}, started by a client message "
+        "{\"task\": name, ...}", section="compat", check=_check_tasks_path)
+declare("TASK_QUEUE", 1000, integer(1),
+        "zephserver tasks waiting for a worker; past that a client is told the server is busy",
+        section="compat")
+declare("CLUSTER_SERVER_LIST", [], SERVER_LIST,
+        "static cluster: every node's {'hostname', 'address', 'port'} (or 'host:port'); "
+        "cluster events go to each directly (fewer than 2: no cluster)", section="compat")
+declare("CLUSTER_SELF", "", STR,
+        "static cluster: this node's entry, as its hostname or 'address:port' (default: the "
+        "entry whose hostname is this machine's)", section="compat")
+declare("FWS_FILTERS", [], STR_LIST,
+        "filtered_websocket filter modules run on every native connection, in order "
+        "(shipped: broadcast_messages, broadcast_messages_by_token, broadcast_pubsub, "
+        "stdout_messages)", section="compat")
+declare("FWS_STORAGE", "memory", STR,
+        "filtered_websocket storage object: 'memory', 'redis' (FWS_REDIS, shared with other "
+        "applications) or 'module.path/ClassName'", section="compat", check=_check_storage)
+declare("FWS_REDIS", "redis://localhost:6379/0", STR,
+        "filtered_websocket: Redis URL of the 'redis' storage object and of the pub/sub relay",
+        section="compat")
+declare("FWS_REDIS_KEY", "fws", STR,
+        "filtered_websocket: prefix of the storage object's Redis keys", section="compat")
+declare("FWS_REDIS_CHANNELS", [], STR_LIST,
+        "filtered_websocket: Redis pub/sub channels broadcast_pubsub relays to clients and "
+        "back (empty with broadcast_pubsub: ['global'])", section="compat")
 
 
 # --- loaded settings ------------------------------------------------------------------
