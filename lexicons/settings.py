@@ -370,7 +370,7 @@ declare("BACKPLANE_PREFIX", "lexicons", STR,
 declare("BACKPLANE_QUEUE", 100000, integer(1),
         "broadcasts waiting to be sent to Redis; past that they are dropped for other nodes",
         section="integration")
-declare("BACKPLANE_RETRY_MAX", 5.0, number(0.01),
+declare("BACKPLANE_RETRY_MAX", 0.5, number(0.01),
         "longest delay between two attempts to reach Redis again", section="integration")
 declare("BOOTSTRAP_URL", "", STR,
         "high-templar endpoint: backend URL asked for each client's allowed rooms",
