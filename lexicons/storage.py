@@ -409,9 +409,13 @@ def _decode_column(path: str, field: Field, cells: np.ndarray) -> Any:
 
 def _decode_json(path: str, field: Field, row: int, text: str) -> Any:
     try:
-        return field.from_json(json.loads(text))
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise _bad_cell(path, row, field.name, text, f"not JSON ({exc.msg})") from None
+    except ValueError:  # an integer of more digits than int() converts
+        raise _bad_cell(path, row, field.name, text, "not JSON (number too long)") from None
+    try:
+        return field.from_json(value)
     except ValidationError as exc:
         raise _bad_cell(path, row, field.name, text, str(exc)) from None
 

@@ -165,6 +165,8 @@ GOOD = "k1,x,null,1,,1.5,,true,,[],[],[],[],{},\r\n"
     ("k2,x,null,1,,1.5,,yes,,[],[],[],[],{},\r\n", "row 2 .*column 'b'"),
     ("k2,x,null,1,x,1.5,,true,,[],[],[],[],{},\r\n", "row 2 .*column 'maybe_i'"),
     ("k2,x,null,1,,1.5,,true,,[oops,[],[],[],{},\r\n", "row 2 .*column 'lst'.*not JSON"),
+    ("k2,x,null,1,,1.5,,true,,[" + "1" * 5000 + "],[],[],[],{},\r\n",
+     "row 2 .*column 'lst'.*number too long"),
     ("k2,x,null,1,,1.5,,true,,[],\"[\"\"a\"\"]\",[],[],{},\r\n", "row 2 .*column 'ints'"),
     ("k2,x,null,1,,1.5,,true,,[],[],[],[],[],\r\n", "row 2 .*column 'd'"),
     ("k2,x,5,1,,1.5,,true,,[],[],[],[],{},\r\n", "row 2 .*column 'maybe_s'"),

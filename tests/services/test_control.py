@@ -88,6 +88,7 @@ def test_service_commands_are_offered(daemon):
     (b'"status"\n', "JSON object"),
     (b'{"command": "explode"}\n', "unknown command 'explode'"),
     (b'{"command": 5}\n', "'command'"),
+    (b'{"command": "status", "n": ' + b"9" * 5000 + b'}\n', "number too long"),
 ])
 def test_garbage_gets_an_error_and_service_survives(daemon, payload, words):
     """Garbage gets an error reply naming the problem; the service keeps serving."""

@@ -1,5 +1,6 @@
 """The router over real sockets: calls, answers, errors, order, and bad input of every kind."""
 import struct
+import sys
 import threading
 import time
 
@@ -143,6 +144,19 @@ def test_bad_calls_get_a_clear_error_and_the_connection_stays_usable(server, mes
     raw.call({"Echo": {"data": "still here"}})
     assert raw.recv_json() == [{"Echo": "still here"}]
     raw.close()
+
+
+def test_a_number_too_long_gets_an_error_and_the_connection_stays_usable():
+    """A JSON integer of 100,000 digits gets an error naming it, not a close with 1011."""
+    limit = sys.get_int_max_str_digits()
+    with serving(Application(signals=SIGNALS)) as big:  # room for a 100 kB message
+        raw = big.raw()
+        raw.send_text('{"Add": {"a": ' + "1" * 100000 + "}}")
+        assert raw.recv_json() == [{"Errors": [
+            f"invalid JSON: number too long (more than {limit} digits) at character 14"]}]
+        raw.call({"Add": {"a": 2, "b": 3}})
+        assert raw.recv_json() == [{"Add": 5}]
+        raw.close()
 
 
 def test_errors_carry_no_traceback(server):
