@@ -220,3 +220,31 @@ def test_settings_refused_by_a_service_exit_6(workdir, env, words):
     done = lexiconsd("start", cwd=workdir, env=env)
     assert done.returncode == 6, (done.stdout, done.stderr)
     assert words in done.stderr and "bad settings" in done.stderr
+
+
+def test_status_and_stop_answer_while_control_clients_hog_the_socket(workdir):
+    """`lexiconsd status` and `stop` work, answered within 2 s more than usual, while 72
+    clients hold the control socket sending nothing or half a request."""
+    import socket
+
+    assert lexiconsd("start", cwd=workdir).returncode == 0
+    socks = []
+    try:
+        started = time.monotonic()
+        assert lexiconsd("status", cwd=workdir).returncode == 0
+        usual = time.monotonic() - started
+        for n in range(72):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(workdir / "run" / "lexiconsd.sock"))
+            if n % 2:
+                sock.sendall(b'{"command": "sta')
+            socks.append(sock)
+        started = time.monotonic()
+        status = lexiconsd("status", cwd=workdir)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert time.monotonic() - started < usual + 2.0
+        stopped = lexiconsd("stop", cwd=workdir)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    finally:
+        for sock in socks:
+            sock.close()
