@@ -67,9 +67,9 @@ class LockFile:
     def acquire(self) -> None:
         """Take the lock, or raise LockError naming the pid that holds it."""
         directory = os.path.dirname(self.path)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
         try:
+            if directory:
+                os.makedirs(directory, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise LockError(f"cannot open lock file {self.path}: {exc.strerror}") from exc
