@@ -43,9 +43,10 @@ class Publish(Signal):
 
 
 class Bench(Channel):
-    """The channel the fan-out benchmark subscribes to."""
+    """The channel the fan-out benchmark subscribes to (BENCH_HISTORY: publications kept)."""
 
     name = "bench"
+    history_size = int(os.environ.get("BENCH_HISTORY") or 0)
 
 
 _run_dir = tempfile.mkdtemp(prefix="lexicons-bench-")

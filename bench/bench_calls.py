@@ -18,8 +18,9 @@ from harness import ECHO, Metric, Server, loadgen
 TARGET_RATIO = 1.2
 
 
-def measure(server: Server, p: argparse.Namespace) -> dict[str, Any]:
-    """Run the closed loop against one server; return the load generator's report."""
+def measure(server: Server, gen: str, p: argparse.Namespace) -> dict[str, Any]:
+    """Run the closed loop against one server under load generator ``gen``; return its
+    report."""
     cpu: dict[str, float] = {}
 
     def mark() -> None:
@@ -27,8 +28,9 @@ def measure(server: Server, p: argparse.Namespace) -> dict[str, Any]:
 
     rep = loadgen("calls", server.port,
                   ["--conns", str(p.clients), "--call", ECHO, "--size", str(p.size),
-                   "--duration", str(p.duration), "--warmup", str(p.warmup)],
-                  timeout=p.duration + p.warmup + 60, on_running=mark)
+                   "--duration", str(p.duration), "--warmup", str(p.warmup),
+                   *(harness.py_args(p) if gen == "py" else [])],
+                  timeout=p.duration + p.warmup + 60, on_running=mark, generator=gen)
     # warm-up and drain included: CPU per call is an estimate, good for ratios
     rep["server_cpu_s"] = server.cpu_seconds() - cpu.get("start", 0.0)
     if not server.alive():
@@ -43,7 +45,8 @@ def metrics() -> list[Metric]:
                check=lambda s, p, r: r is not None and r >= TARGET_RATIO),
         Metric("server CPU per call", "us", fmt="{:.1f}"),
         Metric("p50", "ms", fmt="{:.2f}"),
-        Metric("p99", "ms", fmt="{:.2f}"),
+        Metric("p99", "ms", fmt="{:.2f}", target="<= 1.0x",
+               check=lambda s, p, r: r is not None and r <= 1.0),
         Metric("errors", "", target="0", check=lambda s, p, r: s == 0),
     ]
 
@@ -92,22 +95,17 @@ def main(argv: list[str] | None = None) -> str:
     p.warmup = p.warmup or (0.5 if p.quick else 1)
     harness.install_cleanup()
     harness.raise_nofile(p.clients + 64)
-    harness.build_loadgen()
+    gens = harness.generators(p)
     subject, peer = harness.pick_servers(p)
-    rows, raw = metrics(), []
+    rows = harness.run_rounds(subject, peer, p, gens, measure, metrics, record, describe)
 
-    def on_report(which: str, server: Server, r: int, rep: dict[str, Any]) -> None:
-        record(rows, which, rep)
-        raw.append({"round": r, "server": server.spec.name, **rep})
-        print(f"round {r + 1} {describe(server.spec.name, rep)}", flush=True)
+    def title(gen: str) -> str:
+        payload = f", {p.py_payload} payloads" if gen == "py" else ""
+        return (f"calls [{harness.GENERATORS[gen]}]: {p.clients} clients, Echo round trips"
+                f"{payload}, {p.duration:g} s after {p.warmup:g} s warm-up; "
+                f"median of {p.rounds}")
 
-    harness.alternate_rounds(subject, peer, p.rounds, lambda server: measure(server, p),
-                             on_report)
-    harness.dump_json(p.json, raw)
-    title = (f"calls: {p.clients} clients, Echo round trips, {p.duration:g} s after "
-             f"{p.warmup:g} s warm-up; median of {p.rounds}")
-    return harness.print_table(title, harness.column(subject, p.subject), peer.name, rows)
-
+    return harness.print_tables(gens, title, subject, peer, p, rows)
 
 if __name__ == "__main__":
     main()

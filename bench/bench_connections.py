@@ -38,18 +38,20 @@ def settle_rss(server: Server, secs: float) -> int:
     return rss
 
 
-def measure(spec: ServerSpec, p: argparse.Namespace) -> dict[str, Any]:
-    """Start a fresh server, open and hold the connections, return the figures."""
+def measure(spec: ServerSpec, gen: str, p: argparse.Namespace) -> dict[str, Any]:
+    """Start a fresh server, open and hold the connections with load generator ``gen``,
+    return the figures."""
     open_args = ["--inflight", str(p.inflight)]
     if p.subscribe:
         open_args += ["--init", SUBSCRIBE, "--init-reply"]
     with Server(spec) as server:
-        with held_connections(server.port, ["--conns", str(p.warm), *open_args], 60):
+        with held_connections(server.port, ["--conns", str(p.warm), *open_args], 60,
+                              generator=gen):
             pass
         before = settle_rss(server, 1.0)
         threads_before = server.threads()
         with held_connections(server.port, ["--conns", str(p.conns), *open_args],
-                              p.timeout) as (ready, final):
+                              p.timeout, generator=gen) as (ready, final):
             held = settle_rss(server, p.settle)
             threads_held = server.threads()
             alive_held = server.alive()
@@ -59,7 +61,7 @@ def measure(spec: ServerSpec, p: argparse.Namespace) -> dict[str, Any]:
         if not server.alive():
             raise RuntimeError(f"{spec.name} died:\n{server.log_tail()}")
     return {
-        "server": spec.name, "conns": p.conns, "opened": ready["ready"],
+        "server": spec.name, "generator": gen, "conns": p.conns, "opened": ready["ready"],
         "failed": ready["failed"], "first_failure": ready["first_failure"],
         "open_secs": ready["open_secs"], "open_per_s": ready["per_s"],
         "close_secs": final.get("close_secs"), "close_pending": final.get("close_pending"),
@@ -79,7 +81,8 @@ def metrics() -> list[Metric]:
                check=lambda s, p, r: s <= TARGET_KB),
         Metric("time to open", "s", fmt="{:.2f}"),
         Metric("connections opened/s", "", fmt="{:,.0f}"),
-        Metric("server closes all", "s", fmt="{:.2f}"),
+        Metric("server closes all", "s", fmt="{:.2f}", target="<= 1.2x",
+               check=lambda s, p, r: r is not None and r <= 1.2),
         Metric("left open after 10 s", "", fmt="{:,.0f}"),
         Metric("answers during mass close", "s", fmt="{:.2f}"),  # never: not within 30 s
         Metric("RSS held", "MB", fmt="{:.0f}"),
@@ -138,21 +141,25 @@ def main(argv: list[str] | None = None) -> str:
     p.settle = p.settle or (1 if p.quick else 2)
     harness.install_cleanup()
     harness.raise_nofile(p.conns + 256)
-    harness.build_loadgen()
+    gens = harness.generators(p)
     subject, peer = harness.pick_servers(p)
     names = {"subject": subject, "peer": peer}
-    rows, raw = metrics(), []
+    rows, raw = {g: metrics() for g in gens}, []
     for r in range(p.rounds):
-        for which in harness.order(r, [k for k, v in names.items() if v is not None]):
-            rep = measure(names[which], p)
-            record(rows, which, rep)
-            raw.append({"round": r, **rep})
-            print(f"round {r + 1} {describe(rep)}", flush=True)
+        for gen in gens:
+            for which in harness.order(r, [k for k, v in names.items() if v is not None]):
+                rep = measure(names[which], gen, p)
+                record(rows[gen], which, rep)
+                raw.append({"round": r, **rep})
+                print(f"round {r + 1} [{gen}] {describe(rep)}", flush=True)
     harness.dump_json(p.json, raw)
-    title = (f"idle connections: {p.conns:,} at once ({p.inflight} handshakes in flight"
-             f"{', subscribed' if p.subscribe else ''}); median of {p.rounds}")
-    return harness.print_table(title, harness.column(subject, p.subject), peer.name, rows)
 
+    def title(gen: str) -> str:
+        return (f"idle connections [{harness.GENERATORS[gen]}]: {p.conns:,} at once "
+                f"({p.inflight} handshakes in flight"
+                f"{', subscribed' if p.subscribe else ''}); median of {p.rounds}")
+
+    return harness.print_tables(gens, title, subject, peer, p, rows)
 
 if __name__ == "__main__":
     main()

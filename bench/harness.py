@@ -1,8 +1,12 @@
-"""Start servers, drive the C load generator, and print side-by-side tables.
+"""Start servers, drive the load generators, and print side-by-side tables.
 
 Theory of operation: every benchmark compares a *subject* (lexicons by default) with a
 *peer* (websockets' asyncio server by default) in one run, with the same load generator
-and the same parameters, alternating between them round after round. Each server is a
+and the same parameters, alternating between them round after round. There are two
+independent load generators with one command line and one report format: ``c``
+(loadgen.c, epoll, no libraries) and ``py`` (pyloadgen.py, picows clients on uvloop,
+JSON decoded per frame as an application does); a run measures both servers under each
+of them, every round. Each server is a
 subprocess on a free port, pinned to core 0; the load generator is pinned to core 1.
 The machines are shared and noisy, so the figure that counts is the ratio
 subject/peer measured minutes apart, not either absolute figure.
@@ -37,7 +41,11 @@ REPO = BENCH.parent
 BUILD = BENCH / "build"
 LOADGEN_SRC = BENCH / "loadgen.c"
 LOADGEN = BUILD / "loadgen"
+PYLOADGEN = BENCH / "pyloadgen.py"
 PYTHON = sys.executable
+#: The load generators, by the name ``--generators`` uses.
+GENERATORS = {"c": "C load generator (loadgen.c)",
+              "py": "Python load generator (pyloadgen.py: picows on uvloop)"}
 
 SERVER_CPU = 0
 LOADGEN_CPU = 1
@@ -362,14 +370,35 @@ def build_loadgen() -> Path:
     return LOADGEN
 
 
+def generator_cmd(generator: str) -> list[str]:
+    """Return the command that starts load generator ``generator`` ('c' or 'py')."""
+    if generator == "py":
+        return [PYTHON, str(PYLOADGEN)]
+    if generator == "c":
+        return [str(build_loadgen())]
+    raise ValueError(f"unknown load generator {generator!r}: one of {', '.join(GENERATORS)}")
+
+
+def generator_available(generator: str) -> str | None:
+    """Return why ``generator`` cannot run here, or None when it can."""
+    if generator == "py":
+        try:
+            import picows  # noqa: F401
+            import uvloop  # noqa: F401
+        except ImportError as exc:
+            return f"{exc.name} is not installed (pip install -e '.[bench]')"
+    return None
+
+
 def loadgen(mode: str, port: int, args: Sequence[str], timeout: float,
-            on_running: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Run the load generator to completion and return its JSON report.
+            on_running: Callable[[], None] | None = None,
+            generator: str = "c") -> dict[str, Any]:
+    """Run a load generator to completion and return its JSON report.
 
     ``on_running`` is called when the load generator says its connections are ready and
     traffic starts (so the driver can sample the server's CPU time there).
     """
-    cmd = [str(build_loadgen()), mode, "--host", HOST, "--port", str(port),
+    cmd = [*generator_cmd(generator), mode, "--host", HOST, "--port", str(port),
            "--cpu", str(LOADGEN_CPU), "--timeout", str(timeout), *args]
     deadline = time.monotonic() + timeout + 15
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -406,14 +435,14 @@ def _report(stdout: str, stderr: str, cmd: Sequence[str]) -> dict[str, Any]:
 
 
 @contextmanager
-def held_connections(port: int, args: Sequence[str], timeout: float
+def held_connections(port: int, args: Sequence[str], timeout: float, generator: str = "c"
                      ) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
     """Open connections with ``loadgen connect``; yield (ready report, final report).
 
     The connections stay open inside the ``with`` block; the final report is filled in
     when the block ends and the load generator has closed them.
     """
-    cmd = [str(build_loadgen()), "connect", "--host", HOST, "--port", str(port),
+    cmd = [*generator_cmd(generator), "connect", "--host", HOST, "--port", str(port),
            "--cpu", str(LOADGEN_CPU), "--timeout", str(timeout), *args]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -551,6 +580,40 @@ def common_args(parser: Any) -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the raw reports here")
     parser.add_argument("--app", metavar="PATH", default=str(LEXICONS_APP),
                         help="the lexicons application to run (default bench/app.py)")
+    parser.add_argument("--generators", default="c,py",
+                        help="load generators to run, comma-separated (default c,py)")
+    parser.add_argument("--py-payload", choices=("json", "marker"), default="json",
+                        help="the Python generator's payloads: JSON objects (default) or "
+                             "the C generator's marker strings")
+    parser.add_argument("--py-read", choices=("frame", "burst"), default="frame",
+                        help="the Python generator's reading: decode each frame as it comes "
+                             "(default) or the frames of one read together")
+
+
+def generators(args: Any) -> list[str]:
+    """Return the load generators to run (those that cannot run here are said and left out)."""
+    wanted = [g.strip() for g in args.generators.split(",") if g.strip()]
+    for g in wanted:
+        if g not in GENERATORS:
+            raise SystemExit(f"--generators: unknown load generator {g!r} "
+                             f"(one of {', '.join(GENERATORS)})")
+    found = []
+    for g in wanted:
+        why = generator_available(g)
+        if why:
+            print(f"note: the {g} load generator cannot run ({why}); left out", flush=True)
+        else:
+            found.append(g)
+    if not found:
+        raise SystemExit("no load generator can run")
+    if "c" in found:
+        build_loadgen()
+    return found
+
+
+def py_args(args: Any) -> list[str]:
+    """Return the options only the Python generator takes."""
+    return ["--payload", args.py_payload, "--read", args.py_read]
 
 
 def pick_servers(args: Any) -> tuple[ServerSpec | None, ServerSpec]:
@@ -568,9 +631,11 @@ def pick_servers(args: Any) -> tuple[ServerSpec | None, ServerSpec]:
 
 
 def alternate_rounds(subject: ServerSpec | None, peer: ServerSpec, rounds: int,
-                     measure: Callable[[Server], dict[str, Any]],
-                     on_report: Callable[[str, Server, int, dict[str, Any]], None]) -> None:
-    """Start both servers, measure them in alternating order each round, always stop them."""
+                     measure: Callable[[Server, str], dict[str, Any]],
+                     on_report: Callable[[str, Server, int, str, dict[str, Any]], None],
+                     gens: Sequence[str] = ("c",)) -> None:
+    """Start both servers; each round, under each load generator, measure them in
+    alternating order; always stop them."""
     servers: dict[str, Server] = {}
     try:
         for which, spec in (("subject", subject), ("peer", peer)):
@@ -578,12 +643,42 @@ def alternate_rounds(subject: ServerSpec | None, peer: ServerSpec, rounds: int,
                 servers[which] = Server(spec)
                 servers[which].start()
         for r in range(rounds):
-            for which in order(r, list(servers)):
-                settle(list(servers.values()))
-                on_report(which, servers[which], r, measure(servers[which]))
+            for gen in gens:
+                for which in order(r, list(servers)):
+                    settle(list(servers.values()))
+                    on_report(which, servers[which], r, gen, measure(servers[which], gen))
     finally:
         for server in servers.values():
             server.stop()
+
+def run_rounds(subject: ServerSpec | None, peer: ServerSpec, p: Any, gens: Sequence[str],
+               measure: Callable[[Server, str, Any], dict[str, Any]],
+               metrics: Callable[[], list[Metric]],
+               record: Callable[[list[Metric], str, dict[str, Any]], None],
+               describe: Callable[[str, dict[str, Any]], str]) -> dict[str, list[Metric]]:
+    """Run ``alternate_rounds`` under every load generator; return the table rows of each.
+
+    Prints a line per measurement and writes the raw reports to ``p.json``.
+    """
+    rows, raw = {g: metrics() for g in gens}, []
+
+    def on_report(which: str, server: Server, r: int, gen: str, rep: dict[str, Any]) -> None:
+        record(rows[gen], which, rep)
+        raw.append({"round": r, "server": server.spec.name, "generator": gen, **rep})
+        print(f"round {r + 1} [{gen}] {describe(server.spec.name, rep)}", flush=True)
+
+    alternate_rounds(subject, peer, p.rounds, lambda server, gen: measure(server, gen, p),
+                     on_report, gens)
+    dump_json(p.json, raw)
+    return rows
+
+
+def print_tables(gens: Sequence[str], title: Callable[[str], str], subject: ServerSpec | None,
+                 peer: ServerSpec, p: Any, rows: dict[str, list[Metric]]) -> str:
+    """Print (and return) one table per load generator."""
+    return "\n".join(print_table(title(gen), column(subject, p.subject), peer.name, rows[gen])
+                     for gen in gens)
+
 
 def column(spec: ServerSpec | None, name: str) -> str:
     """Return a server's column title (marked when it could not run)."""

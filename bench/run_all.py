@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--only", default="", help="comma-separated: fanout,calls,connections")
     parser.add_argument("--json", metavar="DIR", help="write raw reports into DIR")
+    parser.add_argument("--generators", default="c,py",
+                        help="load generators, comma-separated (default c,py)")
     parser.add_argument("--app", metavar="PATH", default=str(harness.LEXICONS_APP),
                         help="the lexicons application to run (default bench/app.py)")
     p = parser.parse_args(argv)
@@ -36,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, module in SUITE:
         if name not in wanted:
             continue
-        args = ["--subject", p.subject, "--peer", p.peer, "--app", p.app]
+        args = ["--subject", p.subject, "--peer", p.peer, "--app", p.app,
+                "--generators", p.generators]
         if p.quick:
             args.append("--quick")
         if p.rounds:

@@ -14,6 +14,7 @@ _EXPORTS = {
     "Model": ".model",
     "hash_password": ".passwords",
     "verify_password": ".passwords",
+    "encrypt": ".passwords",
     "Task": ".task",
     "Signal": ".signal",
     "Response": ".signal",

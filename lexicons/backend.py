@@ -8,18 +8,30 @@ forwarding what identifies the client:
   falls back to the client's address when no proxy set it);
 * the ``csrftoken`` cookie again as ``X-CSRFToken``;
 * a ``?token=T`` query parameter as ``Authorization: Token T``;
-* the extra headers of ``BACKEND_HEADERS`` (they win over the above).
+* the extra headers of ``BACKEND_HEADERS`` (they win over the above): a fixed
+  value, or one taken from the client's request, as high-templar's
+  ``CONNECTION_HEADERS`` (``header.Param``, ``header.Key``, ``header.Cookie``,
+  ``.map(...)``): ``{"param": "session_token"}``, ``{"header": "X-Foo"}``,
+  ``{"cookie": "name"}``, each with an optional ``"format": "Token {}"``. A
+  source without a value sends no header (not even the default it replaces).
 
-A 200 answer whose JSON object has ``allowed_rooms``, a list of objects,
-authorizes the client for those rooms; anything else (another status, a body
-that is not JSON, no or bad ``allowed_rooms``, a refused connection, no answer
-within ``BACKEND_TIMEOUT`` seconds in all) does not, and the reason is kept
-for the log. The call blocks its caller: run it off any shared thread.
+``BOOTSTRAP_SOCKET`` reaches the backend over a UNIX socket instead of the
+network, as high-templar's ``API_SOCKET`` (``BOOTSTRAP_URL`` still gives the
+path and the ``Host`` header).
+
+As in high-templar 3.1.0, redirects are followed, and a 200 answer of a
+JSON content type whose body is a JSON object authorizes the client for its
+``allowed_rooms`` (a list of objects; missing means none); anything else
+(another status, another content type, a body that is not a JSON object, bad
+``allowed_rooms``, a refused connection, no answer within
+``BACKEND_TIMEOUT`` seconds in all) does not, and the reason is kept for the
+log. The call blocks its caller: run it off any shared thread.
 """
 from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import time
 import urllib.parse
@@ -27,7 +39,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .hightemplar import valid_allowed_rooms
+from .errors import SettingsError
+from .hightemplar import allowed_rooms_of
 
 #: The largest bootstrap answer read; a longer one is refused.
 MAX_BODY = 1 << 20
@@ -55,20 +68,59 @@ def cookie_value(cookie_header: str, name: str) -> str | None:
     return None
 
 
+_SOURCES = ("param", "header", "cookie")
+
+
+def check_header_spec(name: str, spec: Any) -> None:
+    """Raise SettingsError unless *spec* is a BACKEND_HEADERS value (see the module doc)."""
+    if isinstance(spec, str):
+        return
+    if not isinstance(spec, dict):
+        raise SettingsError(f"header {name!r}: expected a string or a mapping, got {spec!r}")
+    sources = [key for key in _SOURCES if key in spec]
+    unknown = set(spec) - {*_SOURCES, "format"}
+    if len(sources) != 1 or unknown or not isinstance(spec[sources[0]], str):
+        raise SettingsError(f"header {name!r}: expected one of 'param', 'header' or 'cookie' "
+                            "naming where the value comes from, and optionally 'format'")
+    pattern = spec.get("format", "{}")
+    try:
+        if not isinstance(pattern, str) or pattern.format("x") == pattern:
+            raise ValueError
+    except (ValueError, IndexError, KeyError):
+        raise SettingsError(f"header {name!r}: format must be a string with one {{}}, "
+                            f"got {pattern!r}") from None
+
+
+def header_value(spec: str | dict[str, str], client_headers: Mapping[str, str],
+                 query: Mapping[str, str]) -> str | None:
+    """Return the value of one BACKEND_HEADERS entry for a client; None when it has none."""
+    if isinstance(spec, str):
+        return spec
+    if "param" in spec:
+        value = query.get(spec["param"])
+    elif "header" in spec:
+        value = client_headers.get(spec["header"].lower())
+    else:
+        value = cookie_value(client_headers.get("cookie") or "", spec["cookie"])
+    if not value:
+        return None
+    return spec.get("format", "{}").format(value)
+
+
 def bootstrap_headers(client_headers: Mapping[str, str], query: Mapping[str, str],
-                      extra: Mapping[str, str], client_address: str | None = None
+                      extra: Mapping[str, Any], client_address: str | None = None
                       ) -> dict[str, str]:
     """Return the headers of the bootstrap request made for one client.
 
     *client_headers* are the client's upgrade request headers with lower-case
     names; *query* its query parameters.
     """
-    headers: dict[str, str] = {"Accept": "application/json"}
+    headers: dict[str, str] = {"Accept": "*/*"}
     cookie = client_headers.get("cookie")
     if cookie:
         headers["Cookie"] = cookie
         csrf = cookie_value(cookie, "csrftoken")
-        if csrf:
+        if csrf is not None:  # even empty, as high-templar forwards it
             headers["X-CSRFToken"] = csrf
     agent = client_headers.get("user-agent")
     if agent:
@@ -79,41 +131,117 @@ def bootstrap_headers(client_headers: Mapping[str, str], query: Mapping[str, str
     token = query.get("token")
     if token:
         headers["Authorization"] = f"Token {token}"
-    for name, value in extra.items():
-        headers[str(name)] = str(value)
+    for name, spec in extra.items():
+        for existing in [k for k in headers if k.lower() == str(name).lower()]:
+            del headers[existing]  # replaced, even when the new source has no value
+        value = header_value(spec, client_headers, query)
+        if value is not None:
+            headers[str(name)] = value
     return headers
 
 
-def verdict(status: int, body: bytes) -> Authorization:
-    """Turn the backend's answer into an authorization (pure)."""
+_JSON_TYPE = re.compile(r"(?:application/|[\w.-]+/[\w.+-]+?\+)json$", re.IGNORECASE)
+#: Redirects followed before the client is refused, as many as high-templar's HTTP client.
+MAX_REDIRECTS = 10
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+def verdict(status: int, body: bytes, content_type: str = "application/json"
+            ) -> Authorization:
+    """Turn the backend's answer into an authorization (pure), as high-templar 3.1.0 does.
+
+    A 200 answer of a JSON content type whose body is a JSON object authorizes
+    the client; its ``allowed_rooms`` (missing: none) are the rooms it may join.
+    """
     if status != 200:
         return Authorization(False, reason=f"backend answered {status}")
+    mimetype = content_type.partition(";")[0].strip()
+    if not _JSON_TYPE.match(mimetype):
+        return Authorization(False, reason=f"backend answer is {mimetype or 'untyped'}, "
+                                           "not application/json")
     try:
-        reply = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        reply = json.loads(body) if body.strip() else None
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return Authorization(False, reason="backend answer is not JSON")
-    if not isinstance(reply, dict) or "allowed_rooms" not in reply:
-        return Authorization(False, reason="backend answer has no allowed_rooms")
-    rooms = reply["allowed_rooms"]
-    if not valid_allowed_rooms(rooms):
+    if not isinstance(reply, dict):
+        return Authorization(False, reason="backend answer is not a JSON object")
+    rooms = allowed_rooms_of(reply)
+    if rooms is None:
         return Authorization(False, reason="backend's allowed_rooms is not a list of objects")
     return Authorization(True, rooms)
 
 
-def bootstrap(url: str, headers: Mapping[str, str], timeout: float) -> Authorization:
+def bootstrap(url: str, headers: Mapping[str, str], timeout: float, unix_socket: str = ""
+              ) -> Authorization:
     """Ask the backend at *url* whom *headers* identify; never raises for backend failures.
 
-    *timeout* bounds the whole call (connect, request, answer), not each read.
+    Redirects are followed (at most MAX_REDIRECTS; ``Authorization`` is not sent
+    to another origin). *timeout* bounds the whole call (connect, request,
+    redirects, answer), not each read.
     """
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return Authorization(False, reason=f"BOOTSTRAP_URL {url!r} is not an http(s) URL")
     deadline = time.monotonic() + timeout
+    headers = dict(headers)
+    for _ in range(MAX_REDIRECTS + 1):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return Authorization(False, reason=f"BOOTSTRAP_URL {url!r} is not an http(s) URL")
+        try:
+            status, location, content_type, body = _get(parts, headers, deadline,
+                                                        unix_socket)
+        except TimeoutError:
+            return Authorization(False, reason=f"backend did not answer within {timeout:g} s")
+        except (OSError, http.client.HTTPException) as exc:
+            return Authorization(False,
+                                 reason=f"backend unreachable: {type(exc).__name__}: {exc}")
+        if status not in _REDIRECTS or not location:
+            return verdict(status, body, content_type)
+        target = urllib.parse.urljoin(url, location)
+        if _origin(target) != _origin(url):
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        url = target
+    return Authorization(False, reason=f"backend redirected more than {MAX_REDIRECTS} times")
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, parts.hostname, port
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP to the host of a URL, through a UNIX socket."""
+
+    def __init__(self, path: str, host: str, port: int | None, timeout: float):
+        super().__init__(host, port, timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.unix_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _get(parts: urllib.parse.SplitResult, headers: Mapping[str, str], deadline: float,
+         unix_socket: str = "") -> tuple[int, str, str, bytes]:
+    """GET one URL; return its status, Location, Content-Type and body (within *deadline*)."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("deadline passed")
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query
-    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = cls(parts.hostname, parts.port, timeout=timeout)
+    conn: http.client.HTTPConnection
+    if unix_socket:
+        conn = _UnixConnection(unix_socket, parts.hostname or "localhost", parts.port, left)
+    elif parts.scheme == "https":
+        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=left)
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=left)
     response: http.client.HTTPResponse | None = None
     try:
         conn.request("GET", target, headers=dict(headers))
@@ -121,15 +249,12 @@ def bootstrap(url: str, headers: Mapping[str, str], timeout: float) -> Authoriza
         _restrict(sock, deadline)
         response = conn.getresponse()
         body = _read(response, sock, deadline)
-    except TimeoutError:
-        return Authorization(False, reason=f"backend did not answer within {timeout:g} s")
-    except (OSError, http.client.HTTPException) as exc:
-        return Authorization(False, reason=f"backend unreachable: {type(exc).__name__}: {exc}")
+        return (response.status, response.getheader("Location", ""),
+                response.getheader("Content-Type", ""), body)
     finally:
         if response is not None:
             response.close()
         conn.close()
-    return verdict(response.status, body)
 
 
 def _restrict(sock: socket.socket | None, deadline: float) -> None:

@@ -111,7 +111,9 @@ class Bootstrap:
             self.manager = ServiceManager(self.settings, self.app, on_fatal=self._on_fatal)
             self.manager.controller = self
             self.manager.start()
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, Exception):  # the log says why, not only the terminal
+                log.error("lexiconsd cannot start: %s", exc)
             if self.manager is not None:
                 self.manager.stop()
             self._close_logging()

@@ -19,11 +19,13 @@ The default :meth:`Channel.permit` lets anyone in, unless the connection's
 headers granted it a list of channel patterns in ``ws.auth["channels"]``:
 then the channel name must match one of them, where ``*`` matches any run of
 characters (``"room:*"``, ``"*"``). A parameter value matches ``[^:]+``.
+``ws.auth`` may hold any value a header put there (``ws.auth = user.pk``); only
+a mapping can grant patterns, anything else lets the connection in.
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from .errors import CallError, NotPermitted, SettingsError
@@ -50,6 +52,14 @@ class Channel:
 
     #: The channel's name, with ``{param}`` placeholders (default: the class name).
     name: ClassVar[str | None] = None
+    #: Publications kept so a client that reconnects gets what it missed (0: none kept).
+    history_size: ClassVar[int] = 0
+    #: Seconds a kept publication lives.
+    history_ttl: ClassVar[float] = 300.0
+    #: With the memory backplane: save the history in DATA_DIR at stop, load it at start.
+    history_persist: ClassVar[bool] = False
+    #: Track who is in the channel (``Presence`` call, join and leave broadcasts).
+    presence: ClassVar[bool] = False
 
     def __init__(self, **params: Any):
         self.params = {k: str(v) for k, v in params.items()}
@@ -67,7 +77,10 @@ class Channel:
 
     def permit(self, ws: Any, **params: str) -> bool:
         """Tell whether connection *ws* may join this channel (see the module doc)."""
-        grants = (getattr(ws, "auth", None) or {}).get("channels")
+        auth = getattr(ws, "auth", None)
+        # ws.auth holds whatever the headers put there (a dict, a user's pk, ...);
+        # only a mapping can grant channel patterns
+        grants = auth.get("channels") if isinstance(auth, Mapping) else None
         if grants is None:
             return True
         if isinstance(grants, str):
@@ -122,11 +135,28 @@ class ChannelSet:
 
 
 class Subscribe(Signal):
-    """Built-in: join a channel (its permit hook decides); answers the channel's name."""
+    """Built-in: join a channel (its permit hook decides).
 
-    def execute(self, channel: str, ws: Any, sv: Any) -> str:
-        sv.subscribe(ws, channel, check=True)
-        return channel
+    Answers the channel's name; for a channel with history, its position
+    ``{"channel", "offset", "epoch"}``, and with ``recover`` (the position of the
+    last publication the client saw) also ``recovered`` and ``missed``, after
+    sending the missed publications.
+    """
+
+    def execute(self, channel: str, ws: Any, sv: Any, recover: Any = None) -> Any:
+        answer = sv.subscribe(ws, channel, check=True, recover=recover)
+        return channel if answer is None else answer
+
+
+class Presence(Signal):
+    """Built-in: who is in a presence channel, ``{"channel", "count", "members"}``.
+
+    Allowed to whoever the channel's permit hook would let subscribe.
+    """
+
+    def execute(self, channel: str, ws: Any, sv: Any) -> Any:
+        sv.service("rooms").channels.check(ws, channel)
+        return sv.presence(channel)
 
 
 class Unsubscribe(Signal):

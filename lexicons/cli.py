@@ -182,7 +182,10 @@ def _why_not_running(settings: settings_mod.Settings) -> tuple[int, str]:
     if stale:
         return EXIT_FAIL, (f"lexiconsd is not running (stale lock file {settings.LOCK_FILE} "
                            f"names pid {stale})")
-    return EXIT_NOT_RUNNING, "lexiconsd is not running"
+    return EXIT_NOT_RUNNING, (f"lexiconsd is not running (no daemon holds the lock file "
+                              f"{settings.LOCK_FILE} nor answers on the control socket "
+                              f"{settings.CONTROL_SOCKET}; settings: "
+                              f"{settings.source or 'built-in defaults'})")
 
 
 def _not_running(settings: settings_mod.Settings) -> int:
@@ -301,11 +304,27 @@ def _simple(command: str):
                 return _not_running(settings)
             print(f"lexiconsd: {exc}", file=sys.stderr)
             return EXIT_FAIL
-        print(json.dumps(result, indent=2, default=str) if not isinstance(result, str)
-              else result)
+        if getattr(args, "json", False):
+            print(json.dumps(result, indent=2, default=str))
+        else:
+            print(summary(command, result))
         return EXIT_OK
 
     return run
+
+
+def summary(command: str, result: Any) -> str:
+    """Say in one line what a restart or reload did (``--json`` gives the whole answer)."""
+    if isinstance(result, str):
+        return result
+    if command == "restart" and isinstance(result, dict) and "name" in result:
+        return f"restarted {result['name']}: {result['state']}"
+    if command == "reload" and isinstance(result, dict):
+        applied = ", ".join(result.get("applied") or []) or "nothing changed"
+        needed = result.get("restart_needed") or []
+        return f"reloaded: applied {applied}" + (
+            f"; a restart is needed for {', '.join(needed)}" if needed else "")
+    return json.dumps(result, default=str)
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
@@ -346,9 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
     p = add("restart", "restart one service of the running daemon")
     p.add_argument("service")
+    p.add_argument("--json", action="store_true", help="print the service's state as JSON")
     p.set_defaults(func=_simple("restart"))
-    add("reload", "re-read the settings file (live settings only)").set_defaults(
-        func=_simple("reload"))
+    p = add("reload", "re-read the settings file (live settings only)")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    p.set_defaults(func=_simple("reload"))
     p = add("settings", "print the effective settings")
     p.add_argument("--reference", action="store_true", help="print the settings reference")
     p.set_defaults(func=cmd_settings)

@@ -25,9 +25,15 @@ pong, ping, close) takes the connection's one ``lock``:
   member's buffer and marks it dirty. Dirty connections are flushed, each
   one's queued frames joined into one ``send``, by the reader thread that
   made the broadcast once it has handled everything its last ``recv``
-  brought (so when a publisher's calls arrive faster than they are served,
-  their broadcasts leave together, without any thread hand-off), or by the
-  hub's flusher thread for broadcasts made by other threads.
+  brought and what arrived meanwhile (``MORE_READS`` non-blocking reads at
+  most), so when a publisher's calls arrive faster than they are served their
+  broadcasts leave together, without any thread hand-off; they sit in that
+  reader's own batch, which no other thread touches unless it waits over a
+  tick (a signal still running after it published: the flusher sends then).
+  The hub's flusher thread flushes the broadcasts made by other threads.
+  (A flusher that sent from a shared queue while the reader was still
+  filling it sent about one frame per ``send`` and fought the reader for
+  every connection's lock: twice the CPU per delivery.)
 * when the kernel takes only part, the connection is marked ``writing`` and
   from then on only the flusher sends to it, when its selector reports the
   socket writable. One slow client never holds up the others.
@@ -54,6 +60,7 @@ import _thread
 import collections
 import enum
 import itertools
+import json
 import logging
 import os
 import selectors
@@ -70,7 +77,7 @@ from wsproto.events import AcceptConnection
 from wsproto.events import Request as WSRequest
 from wsproto.extensions import PerMessageDeflate
 
-from . import frames
+from . import aio, frames, protocol
 from .events import BinaryMessage, CloseReceived, Ping, Pong, Request, TextMessage, Violation
 from .frames import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL, CLOSE_POLICY
 
@@ -78,9 +85,13 @@ log = logging.getLogger("lexicons.connection")
 
 _MSG_DONTWAIT = socket.MSG_DONTWAIT
 _ids = itertools.count(1)
-#: The hub of each reader thread, by thread id: fan_out made on a reader thread
+#: The batch of each reader thread, by thread id: fan_out made on a reader thread
 #: leaves the sending to that reader, which flushes after its batch.
-_readers: dict[int, Hub] = {}
+_readers: dict[int, _Batch] = {}
+#: After a batch that made broadcasts, a reader reads on without waiting while more has
+#: already arrived, up to this many reads and bytes, so those broadcasts share its sends.
+MORE_READS = 16
+MORE_BYTES = 16384
 
 
 class State(enum.Enum):
@@ -118,12 +129,49 @@ class Peer:
     def __init__(self, address: Any, request: Request):
         self.address = address
         self.request = request
-        self.auth: dict[str, Any] = {}
+        self.auth: Any = {}
+        self.outbox: list[str | bytes] = []
 
     @property
     def ip(self) -> str:
         """Return the client's IP address."""
         return self.address[0] if isinstance(self.address, tuple) else str(self.address)
+
+    def send(self, data: str | bytes) -> Any:
+        """Queue a message for the client (str: text, bytes: binary); return a done awaitable.
+
+        An admitted client gets the queued messages right after the upgrade; a
+        refused one gets them in the refusal's body. The awaitable lets code
+        written for an asyncio server (``asyncio.ensure_future(ws.send(...))``,
+        ``await ws.send(...)``) run unchanged.
+        """
+        if not isinstance(data, (str, bytes, bytearray, memoryview)):
+            raise TypeError(f"send takes str or bytes, not {type(data).__name__}")
+        self.outbox.append(data if isinstance(data, str) else bytes(data))
+        return aio.completed()
+
+    def sent_messages(self, start: int = 0) -> list[Any]:
+        """Return the messages queued from *start* on, as JSON values where they are JSON."""
+        out = []
+        for data in self.outbox[start:]:
+            text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+            try:
+                out.append(json.loads(text))
+            except (ValueError, RecursionError):
+                out.append(text)
+        return out
+
+    def errors_sent(self, start: int = 0) -> str:
+        """Return the texts of ``[{"Errors": [...]}]`` messages queued from *start* on."""
+        texts: list[str] = []
+        for message in self.sent_messages(start):
+            for item in message if isinstance(message, list) else (message,):
+                errors = item.get(protocol.ERRORS) if isinstance(item, dict) else None
+                if isinstance(errors, list):
+                    texts.extend(str(e) for e in errors)
+                elif isinstance(errors, str):
+                    texts.append(errors)
+        return "; ".join(texts)
 
 
 class TLS:
@@ -169,6 +217,41 @@ class TLS:
                 break
             chunks.append(chunk)
         return b"".join(chunks), self.outgoing.read()
+
+
+class _Batch:
+    """The connections a reader thread's broadcasts made dirty, for it to flush.
+
+    Only the reader appends; the reader, or the flusher for a batch older than a
+    tick (a signal still running after it published), pops. ``since`` is when the
+    batch gained its first connection (0.0: empty as far as the flusher knows).
+    """
+
+    __slots__ = ("hub", "dirty", "since")
+
+    def __init__(self, hub: Hub):
+        self.hub = hub
+        self.dirty: list[Connection] = []
+        self.since = 0.0
+
+    def add(self, conn: Connection) -> None:
+        """Queue a connection that was just marked dirty (conn.lock held)."""
+        if not self.since:
+            self.since = now = time.monotonic()
+            self.hub._batches.append((now, self))
+        self.dirty.append(conn)
+
+    def flush(self) -> None:
+        """Send what is queued for every connection of the batch (any thread)."""
+        self.since = 0.0
+        dirty = self.dirty
+        send = self.hub._send_queued
+        while dirty:
+            try:
+                conn = dirty.pop()
+            except IndexError:  # the other flushing thread took the last one
+                return
+            send(conn)
 
 
 class _NoEvent:
@@ -256,8 +339,9 @@ class Connection(Base):
         self.address = peer.address
         self.request = peer.request
         self.auth = peer.auth
+        self._early = peer.outbox   # what the headers sent: goes out right after the 101
         for key, value in vars(peer).items():
-            if key not in ("address", "request", "auth") and not hasattr(self, key):
+            if key not in ("address", "request", "auth", "outbox") and not hasattr(self, key):
                 setattr(self, key, value)
         hub.add(self)
         try:
@@ -298,6 +382,9 @@ class Connection(Base):
         self._set_state(State.OPEN)
         self.connected = True
         self.send_frame(data)
+        early, self._early = self._early, ()
+        for message in early:
+            self.send(message)
 
     # --- the reader thread ----------------------------------------------------------------
 
@@ -305,7 +392,7 @@ class Connection(Base):
         """Read, decode and dispatch until the peer or the server ends the connection."""
         ident = threading.get_ident()
         hub = self.hub
-        _readers[ident] = hub
+        batch = _readers[ident] = _Batch(hub)
         try:
             self.handler.on_open(self)
             if self._trailing:  # sent right behind the request head; already decrypted
@@ -314,22 +401,40 @@ class Connection(Base):
                     return
             recv = self.raw.recv
             size = self.receive_bytes
-            dirty = hub._dirty
+            dirty = batch.dirty
             while True:
                 data = recv(size)
                 if not data or not self._receive(data):
                     break
                 if dirty:  # broadcasts made while handling this batch: send them now
-                    hub.flush_dirty()
+                    more = self._read_more(recv, size)
+                    batch.flush()
+                    if not more:
+                        break
         except OSError:
             pass  # reset, or shut down by the flusher: the connection is over either way
         except Exception:
             log.exception("connection %s: reader failed", self.id)
         finally:
+            if batch.dirty:
+                batch.flush()
             _readers.pop(ident, None)
-            if hub._dirty:
-                hub.flush_dirty()
             self._finish()
+
+    def _read_more(self, recv: Any, size: int) -> bool:
+        """Handle what has already arrived too (see MORE_READS); False: stop reading."""
+        got = 0
+        for _ in range(MORE_READS):
+            try:
+                data = recv(size, _MSG_DONTWAIT)
+            except BlockingIOError:
+                return True
+            if not data or not self._receive(data):
+                return False
+            got += len(data)
+            if got >= MORE_BYTES:
+                break
+        return True
 
     def _receive(self, data: bytes, plain: bool = False) -> bool:
         """Handle bytes read; False when reading should stop."""
@@ -512,12 +617,17 @@ class Connection(Base):
 
     # --- what signals use -------------------------------------------------------------
 
-    def send(self, data: str | bytes) -> None:  # simple-websocket's API, kept working
-        """Send one message (text for str, binary for bytes) to this client."""
+    def send(self, data: str | bytes) -> Any:  # simple-websocket's API, kept working
+        """Send one message (text for str, binary for bytes) to this client.
+
+        Returns an awaitable that is already done, for code written for an
+        asyncio server (``await ws.send(...)``); the message is queued before.
+        """
         if isinstance(data, str):
             self.send_frame(frames.text_frame(data.encode("utf-8")))
         else:
             self.send_frame(frames.frame(frames.OP_BINARY, bytes(data)))
+        return aio.completed()
 
     def receive(self, timeout: float | None = None) -> Any:
         """Not available: messages are dispatched to the handler as they arrive."""
@@ -538,8 +648,9 @@ def fan_out(members: Iterable[Connection], frame: bytes, payload: bytes) -> int:
     inline what :meth:`Connection.push` does.
     """
     compressed: dict[int, bytes] = {}
-    hubs: list[Hub] = []
-    last_hub = None
+    hubs: list[Hub] = []  # hubs whose flusher must be woken
+    batch = _readers.get(threading.get_ident())
+    mine = batch.hub if batch is not None else None
     count = 0
     size = len(frame)
     for conn in members:
@@ -560,16 +671,15 @@ def fan_out(members: Iterable[Connection], frame: bytes, payload: bytes) -> int:
                 conn.out_bytes += size
                 if not conn.dirty:
                     conn.dirty = True
-                    hub._dirty.append(conn)
+                    if hub is mine:  # this reader sends after its batch
+                        batch.add(conn)
+                    else:
+                        hub._dirty.append(conn)
+                        if hub not in hubs:
+                            hubs.append(hub)
         count += 1
-        if hub is not last_hub:
-            last_hub = hub
-            if hub not in hubs:
-                hubs.append(hub)
-    mine = _readers.get(threading.get_ident())
     for hub in hubs:
-        if hub is not mine:  # a reader thread flushes its own hub after its batch
-            hub.wake()
+        hub.wake()
     return count
 
 
@@ -605,9 +715,13 @@ class Hub:
         self.chunks = 0  # frames (or rests of frames) those sends carried
         self._lock = threading.Lock()
         self._dirty: collections.deque[Connection] = collections.deque()
+        # (since, batch) of reader batches, oldest first: the flusher sends for those
+        # left waiting over a tick (see _Batch)
+        self._batches: collections.deque[tuple[float, _Batch]] = collections.deque()
         self._retired: collections.deque[Connection] = collections.deque()
-        self._closing: collections.deque[Connection] = collections.deque()
-        self._deadlines: dict[Connection, float] = {}
+        # (deadline, connection) in the order the close frames went out: every deadline
+        # is CLOSE_TIMEOUT after that, so the oldest is first (a mass close stays linear)
+        self._closing: collections.deque[tuple[float, Connection]] = collections.deque()
         self._lingering: set[Connection] = set()
         self._waiting: collections.deque[Connection] = collections.deque()
         self._registered: set[Connection] = set()  # in the selector (flusher thread only)
@@ -640,9 +754,14 @@ class Hub:
     # --- called from any thread -------------------------------------------------------
 
     def mark(self, conn: Connection) -> None:
-        """Queue a dirty connection for the flusher (conn.lock held by the caller)."""
-        self._dirty.append(conn)
-        self.wake()
+        """Queue a dirty connection (conn.lock held by the caller): in the batch of the
+        reader thread calling, which flushes it after its batch, else for the flusher."""
+        batch = _readers.get(threading.get_ident())
+        if batch is not None and batch.hub is self:
+            batch.add(conn)
+        else:
+            self._dirty.append(conn)
+            self.wake()
 
     def wake(self) -> None:
         """Wake the flusher if it is not already awake."""
@@ -660,8 +779,8 @@ class Hub:
 
     def closing(self, conn: Connection) -> None:
         """Start the close deadline of a connection that sent its close frame."""
-        conn.deadline = time.monotonic() + self.close_timeout
-        self._closing.append(conn)
+        conn.deadline = deadline = time.monotonic() + self.close_timeout
+        self._closing.append((deadline, conn))
 
     def shutdown(self, conn: Connection) -> None:
         """Shut a connection's socket down: its reader wakes with end-of-file."""
@@ -730,26 +849,38 @@ class Hub:
                 self._selector.register(conn.raw, selectors.EVENT_WRITE, conn)
                 self._registered.add(conn)
         self.flush_dirty()
+        if self._batches:
+            self._flush_stale_batches()
         retired = self._retired
         while retired:
             self._retire(retired.popleft())
-        closing = self._closing
-        while closing:
-            conn = closing.popleft()
-            self._deadlines[conn] = conn.deadline
         now = time.monotonic()
-        if self._deadlines:
+        if self._closing:
             self._enforce_deadlines(now)
         if now >= self._next_ping:
             self._next_ping = now + self.ping_interval
             self._ping_all()
 
-    def flush_dirty(self) -> None:
-        """Send what is queued for every dirty connection (any thread may call this).
+    def _flush_stale_batches(self) -> None:
+        """Send for reader batches waiting over a tick (their signal is still running)."""
+        batches = self._batches
+        limit = time.monotonic() - self.tick
+        while batches:
+            since, batch = batches[0]
+            if batch.since == since and since > limit:
+                return  # the oldest live batch is recent
+            batches.popleft()
+            if batch.since == since:
+                batch.flush()
 
-        A connection's reader thread calls it after handling what one ``recv``
-        brought, so the broadcasts of all the messages in that batch leave in one
-        send per member; the flusher thread calls it for broadcasts made elsewhere.
+    def flush_dirty(self) -> None:
+        """Send what is queued for the dirty connections that no reader will flush.
+
+        Broadcasts made on a reader thread go into that reader's batch
+        (:class:`_Batch`), which the reader flushes once it has handled what its
+        reads brought, so the broadcasts of all the messages in that batch leave in
+        one send per member and no other thread sends for them meanwhile; this
+        sends for the broadcasts made elsewhere (tasks, the backplane).
         """
         dirty = self._dirty
         while dirty:
@@ -816,8 +947,7 @@ class Hub:
     def _retire(self, conn: Connection) -> None:
         """Close a finished connection's socket, after its close frame went out."""
         if conn.linger and conn.out and time.monotonic() < conn.deadline:
-            self._lingering.add(conn)
-            self._deadlines.setdefault(conn, conn.deadline)
+            self._lingering.add(conn)  # its deadline is in self._closing
             if not self._send_queued(conn, writable=True):
                 return
         self._finalize(conn)
@@ -833,15 +963,14 @@ class Hub:
             except OSError:
                 pass
         self._lingering.discard(conn)
-        self._deadlines.pop(conn, None)
         with self._lock:
             self.connections.discard(conn)
 
     def _enforce_deadlines(self, now: float) -> None:
-        for conn, deadline in list(self._deadlines.items()):
-            if now < deadline:
-                continue
-            del self._deadlines[conn]
+        """Act on the close deadlines that passed (oldest first; see ``_closing``)."""
+        closing = self._closing
+        while closing and closing[0][0] <= now:
+            conn = closing.popleft()[1]
             if conn in self._lingering:
                 self._lingering.discard(conn)
                 self._finalize(conn)

@@ -35,7 +35,10 @@ Durability is pluggable: with a journal attached, every write hands it a small
 record (``('c', table, values)``, ``('u', table, pk, fields)``, ``('d', table,
 pk)``) while the lock is held, so the journal's order is the order of the
 writes; :meth:`Database.commit` waits until the calling thread's writes are
-durable per the journal's policy.
+durable per the journal's policy. Every write passes :meth:`Database._record`,
+which holds the records of a thread's open :meth:`Database.transaction` back
+(with how to undo each) until it ends: journaled in order when it succeeds,
+undone when it raises.
 
 What the calls return
 ---------------------
@@ -120,6 +123,7 @@ class Table:
         self.live = bytearray()
         self.index: dict[str, int] = {}
         self.dead = 0
+        self.compactions = 0      # bumped when slots move: an undo of a drop checks it
         self.version = 0          # bumped by every write: dirty tracking for snapshots
         self.saved_version = 0    # the version last written to disk
         self.livemut = 0
@@ -163,7 +167,7 @@ class Table:
             "INT_MAX": INT_MAX, "SETTERS": frozenset(self.schema.setters),
             "SLOW": self._create_slow, "UNKNOWN": self._unknown, "DUP": self._duplicate,
             "DANGLING": self._dangling, "G": self.getters, "TAIL_MAX": TAIL_MAX,
-            "FLUSH": self._flush,
+            "FLUSH": self._flush, "TURN": self.db._wait_turn, "RECORD": self.db._record,
         }
         lines = ["def create(kw):"]
         if self.schema.setters:
@@ -193,6 +197,7 @@ class Table:
         values = "".join(f", v{i}" for i in range(len(names)))
         lines += ["    if kw: UNKNOWN(kw)",
                   "    with LOCK:",
+                  "        if DB._owner is not None: TURN()",
                   "        if pk is None:",
                   "            pk = NEW_PK()",
                   "            while pk in INDEX: pk = NEW_PK()",
@@ -208,8 +213,12 @@ class Table:
                   "        if EQ: INDEX_ROW(pos)",
                   "        if len(PKS) >= TAIL_MAX: FLUSH()",
                   "        T.version += 1",
-                  "        J = DB.journal",
-                  f"        if J is not None: TL.seq = J.append(('c', NAME, (pk{values},)))",
+                  # _record, inlined for the common case: no transaction open
+                  "        if TL.tx is not None:",
+                  f"            RECORD(('c', NAME, (pk{values},)), (T, 'c', pk))",
+                  "        else:",
+                  "            J = DB.journal",
+                  f"            if J is not None: TL.seq = J.append(('c', NAME, (pk{values},)))",
                   "    o = NEW(CLS)",
                   "    d = o.__dict__"]
         # Storing into the instance's own dict is quicker than building one to copy.
@@ -255,6 +264,7 @@ class Table:
         values["pk"] = instance.__dict__["pk"]
         given = "pk" in kw
         with self.db.lock:
+            self.db._wait_turn()
             pk = values["pk"]
             if pk in self.index:
                 if given:
@@ -265,7 +275,7 @@ class Table:
             self._check_refs(values)
             row = tuple(values[n] for n in self.schema.names)
             self._insert(pk, row)
-            self.db._journal(("c", self.name, (pk,) + row))
+            self.db._record(("c", self.name, (pk,) + row), (self, "c", pk))
         return instance
 
     def _unknown(self, kw: dict[str, Any]) -> None:
@@ -433,6 +443,21 @@ class Table:
         if self.dead > COMPACT_MIN and self.dead * 2 > len(self.live):
             self._compact()
 
+    def _revive(self, pk: str, pos: int, values: tuple, compactions: int) -> None:
+        """Bring back the row *pk* dropped from slot *pos* (undoing a drop; lock held).
+
+        In its old slot when no compaction moved the slots since, else as a new row.
+        """
+        if (compactions == self.compactions and pos < len(self.live) and not self.live[pos]
+                and pk not in self.index and self._value("pk", pos) == pk):
+            self.live[pos] = 1
+            self.index[pk] = pos
+            self.dead -= 1
+            self.livemut += 1
+            self.version += 1
+        elif pk not in self.index:
+            self._insert(pk, values)
+
     def _compact(self) -> None:
         """Remove tombstones: new arrays of the live rows, the index and live bytes anew."""
         self._flush()
@@ -444,6 +469,7 @@ class Table:
         self.index.update(zip(self.arrays["pk"].tolist(), range(n), strict=True))
         self.live[:] = b"\x01" * n
         self.dead = 0
+        self.compactions += 1
         self._changed_all()
 
     def _changed_all(self) -> None:
@@ -464,6 +490,7 @@ class Table:
         self.index.clear()
         self.live.clear()
         self.dead = 0
+        self.compactions += 1
         self._changed_all()
         self.version += 1
 
@@ -803,6 +830,52 @@ class _Filter:
         self.key, self.field, self.op, self.value = key, field, op, value
 
 
+class _Local(threading.local):
+    """Per thread: its open transaction and the journal sequence of its last write."""
+
+    tx: Transaction | None = None
+    seq: int = 0
+
+
+class Transaction:
+    """One thread's writes as a unit: all kept, or all undone (see Database.transaction)."""
+
+    __slots__ = ("db", "records", "undo", "holding", "nested")
+
+    def __init__(self, db: Database):
+        self.db = db
+        self.records: list[tuple] = []
+        self.undo: list[tuple] = []
+        self.holding = False   # this transaction owns the writes (db._owner)
+        self.nested = False    # inside another transaction of this thread: that one decides
+
+    def __enter__(self) -> Transaction:
+        local = self.db._local
+        if local.tx is not None:
+            self.nested = True
+            return local.tx
+        local.tx = self
+        return self
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        if self.nested:
+            return
+        db = self.db
+        db._local.tx = None
+        if not self.holding:
+            return
+        with db.lock:
+            try:
+                if kind is None:
+                    for record in self.records:
+                        db._journal(record)
+                else:
+                    db._rollback(self.undo)
+            finally:
+                self.holding = False
+                db._end_turn()
+
+
 class Database:
     """The tables of an application, in memory (see the module docstring).
 
@@ -813,8 +886,14 @@ class Database:
 
     def __init__(self, models: Iterable[type[Model]] = (), *, journal: Any = None):
         self.lock = threading.Lock()
+        # A transaction owns the writes from its first write to its end: no other
+        # thread's write comes between, so its records, journaled at the end, keep the
+        # order of the changes, and undoing them undoes nobody else's (see
+        # transaction()). Writers check the owner under the lock (_wait_turn).
+        self._owner: int | None = None
+        self._turn = threading.Condition(self.lock)
         self.journal = journal
-        self._local = threading.local()
+        self._local = _Local()
         self._tables: dict[Any, Table] = {}
         self._referrers: dict[str, list[tuple[Table, str]]] = {}
         models = list(models)
@@ -885,10 +964,12 @@ class Database:
         pk = self._pk_of(table, row)
         if "pk" in fields:
             raise ValidationError(f"{table.name}.pk cannot be changed")
-        if not fields and isinstance(row, Model):
+        from_instance = not fields and isinstance(row, Model)
+        if from_instance:   # the instance's values as stored: its setters already ran
             fields = {n: row.__dict__[n] for n in table.schema.names if n in row.__dict__}
         setters = table.schema.setters
-        computed = {n: fields.pop(n) for n in list(fields) if n in setters}
+        computed = {} if from_instance else {n: fields.pop(n) for n in list(fields)
+                                             if n in setters}
         changes = {}
         for name, value in fields.items():
             field = table.fields.get(name)
@@ -904,13 +985,17 @@ class Database:
                 setattr(current, name, value)
             changes = {n: current.__dict__[n] for n in table.schema.names}
         with self.lock:
+            if self._owner is not None:
+                self._wait_turn()
             pos = table.index.get(pk)
             if pos is None:
                 raise DoesNotExist(f"no {table.name} with pk {pk!r}")
             table._check_refs(changes)
             if changes:
+                old = {name: table._value(name, pos) for name in changes} \
+                    if self._local.tx is not None else None   # what an undo needs
                 table._set(pos, changes)
-                self._journal(("u", table.name, pk, changes))
+                self._record(("u", table.name, pk, changes), (table, "u", pk, old))
             row_values = table._row(pos)
         return table._instance(pk, row_values)
 
@@ -925,13 +1010,17 @@ class Database:
         table = self.table(model)
         pk = self._pk_of(table, row)
         with self.lock:
+            self._wait_turn()
             if pk not in table.index:
                 raise DoesNotExist(f"no {table.name} with pk {pk!r}")
             doomed = self._doomed(table, pk, cascade)
             for victim, pks in doomed.items():
                 for victim_pk in pks:
-                    victim._kill(victim.index[victim_pk])
-                    self._journal(("d", victim.name, victim_pk))
+                    pos = victim.index[victim_pk]
+                    undo = (victim, "d", victim_pk, pos, victim._row(pos), victim.compactions) \
+                        if self._local.tx is not None else ()
+                    victim._kill(pos)
+                    self._record(("d", victim.name, victim_pk), undo)
             return sum(len(pks) for pks in doomed.values())
 
     def _doomed(self, table: Table, pk: str, cascade: bool) -> dict[Table, list[str]]:
@@ -976,6 +1065,7 @@ class Database:
                 version = table.version
             candidate = table.model(**values)
             with self.lock:
+                self._wait_turn()
                 if table.version != version and len(self._select(table, fields)):
                     continue   # someone created it meanwhile: fetch theirs
                 pk = candidate.__dict__["pk"]
@@ -986,8 +1076,76 @@ class Database:
                 row = {n: candidate.__dict__[n] for n in table.schema.names}
                 table._check_refs(row)
                 table._insert(pk, tuple(row.values()))
-                self._journal(("c", table.name, (pk,) + tuple(row.values())))
+                self._record(("c", table.name, (pk,) + tuple(row.values())), (table, "c", pk))
             return table._instance(pk, row), True
+
+    # --- transactions -----------------------------------------------------------------
+
+    def transaction(self) -> Transaction:
+        """Return a context making this thread's writes in the block one unit.
+
+        ::
+
+            with db.transaction():
+                db.create(Order, ...)
+                db.update(Stock, pk, left=n - 1)   # raises: the order goes too
+
+        The writes are made at once (the thread reads its own writes) and
+        journaled when the block ends without an exception; on an exception they
+        are undone, in reverse order, and never reach the journal. From its first
+        write to its end, a transaction holds other writers back (readers are
+        not): keep the code after a transaction's first write short. A
+        transaction inside another is part of the outer one. The router runs
+        every signal in one.
+        """
+        return Transaction(self)
+
+    def _record(self, record: tuple, undo: tuple) -> None:
+        """Hand a write on: to this thread's transaction, or to the journal (lock held).
+
+        Every write ends here once the tables are changed; *undo* says how to take
+        it back (``(table, 'c', pk)``, ``(table, 'u', pk, old values)``, ``(table,
+        'd', pk, slot, values, compactions)``).
+        """
+        tx = self._local.tx
+        if tx is None:
+            self._journal(record)
+            return
+        if not tx.holding:   # the first write: keep other writers out until the end
+            self._owner = threading.get_ident()
+            tx.holding = True
+        tx.records.append(record)
+        tx.undo.append(undo)
+
+    def _wait_turn(self) -> None:
+        """Wait until no other thread's transaction owns the writes (lock held)."""
+        owner = self._owner
+        if owner is None:
+            return
+        me = threading.get_ident()
+        while owner is not None and owner != me:
+            self._turn.wait()
+            owner = self._owner
+
+    def _end_turn(self) -> None:
+        """Let other writers in again (lock held)."""
+        self._owner = None
+        self._turn.notify_all()
+
+    def _rollback(self, undo: list[tuple]) -> None:
+        """Take back a transaction's writes, last first (lock held, this thread owning)."""
+        for entry in reversed(undo):
+            table, op, pk = entry[0], entry[1], entry[2]
+            if op == "c":
+                pos = table.index.get(pk)
+                if pos is not None:
+                    table._kill(pos)
+            elif op == "u":
+                pos = table.index.get(pk)
+                if pos is not None:
+                    table._set(pos, entry[3])
+            else:
+                table._revive(pk, entry[3], tuple(entry[4].values()), entry[5])
 
     def _journal(self, record: tuple) -> None:
         journal = self.journal

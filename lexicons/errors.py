@@ -5,6 +5,7 @@ builtin, so callers may catch either::
 
     LexiconsError
      +-- SettingsError (ValueError)          a setting has a bad value or is unknown
+     |    +-- EntryError (ServiceError)      a SERVICE_LIST/FILTERS entry names nothing there
      +-- ServiceError (RuntimeError)         a service cannot be built, started or found
      |    +-- IllegalTransition              a state change the lifecycle forbids
      +-- LockError (OSError)                 the lock file is held by a running daemon
@@ -36,6 +37,10 @@ class SettingsError(LexiconsError, ValueError):
 
 class ServiceError(LexiconsError, RuntimeError):
     """A service cannot be built, started, stopped or found."""
+
+
+class EntryError(SettingsError, ServiceError):
+    """A ``'module.path/ClassName'`` setting names a module or class that is not there."""
 
 
 class IllegalTransition(ServiceError):
@@ -77,10 +82,11 @@ class CallFailed(CallError):
 class Refused(LexiconsError, ConnectionError):
     """The server refused the websocket connection (client side), with status and reason."""
 
-    def __init__(self, status: int, reason: str):
+    def __init__(self, status: int, reason: str, messages: list | None = None):
         super().__init__(f"{status} {reason}" if status else reason)
         self.status = status
         self.reason = reason
+        self.messages = messages or []   # what the server's headers sent before refusing
 
 
 class DatabaseError(LexiconsError, ValueError):

@@ -123,3 +123,33 @@ class Rejected:
 
     errors: tuple[str, ...]
     id: Any = None
+
+
+# --- channel history (lexicons.history) -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a channel's history stands: the offset of a publication and the history's epoch.
+
+    Offsets count a channel's publications from 1; the epoch names one unbroken
+    history (it changes when the history is lost), so an offset means something
+    only with its epoch.
+    """
+
+    offset: int
+    epoch: str
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """The answer to "what did I miss since *since*?": the publications, or recovered=False."""
+
+    #: The channel's position after the publications (its newest offset).
+    position: Position
+    #: True: *publications* are every one after the client's offset, in order.
+    recovered: bool
+    #: The encoded broadcasts the client missed, oldest first (empty when not recovered).
+    publications: tuple[bytes, ...] = ()
+    #: Why it could not recover ("" when it did).
+    reason: str = ""

@@ -18,7 +18,8 @@ The protocol, as clients see it:
   type -> ``message-type-not-allowed`` and text that is not JSON ->
   ``non-json-message``, both carrying the connection id as ``requestId``.
 * A publish reaches every subscription of the exact room, each with its own
-  ``requestId`` (:func:`publish_message`).
+  ``requestId`` (:func:`publish_message`); a trigger's room with a ``"*"``
+  value reaches the subscriptions of every room it matches (:func:`matches`).
 * Triggers (HTTP ``POST /trigger/`` and AMQP) carry ``{"rooms": [...],
   "data": ...}`` (:func:`parse_trigger`).
 """
@@ -44,8 +45,12 @@ NON_JSON = "non-json-message"
 
 
 def dumps(value: Any) -> str:
-    """Encode *value* as compact JSON (the form every reply takes)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """Encode *value* as high-templar 3.1.0 does (``json.dumps``: ``", "``, ASCII only).
+
+    Clients see the same bytes as from high-templar, so even one that compares
+    text rather than parsing it is served alike.
+    """
+    return json.dumps(value)
 
 
 # --- rooms and permission -------------------------------------------------------------
@@ -57,23 +62,58 @@ def room_key(room: Mapping[str, Any]) -> str:
 
 
 def permitted(room: Any, allowed_rooms: Iterable[Mapping[str, Any]]) -> bool:
-    """Tell whether *room* matches an allowed room (same keys; equal values, or ``"*"``)."""
+    """Tell whether *room* matches an allowed room (same keys; equal values, or ``"*"``).
+
+    Values compare as high-templar 3.1.0 compares them, with Python's ``==``
+    (so ``1``, ``1.0`` and ``true`` are equal); a requested ``"*"`` matches only
+    an allowed ``"*"``.
+    """
     if not isinstance(room, Mapping):
         return False
-    keys = set(room)
-    for allowed in allowed_rooms:
-        if set(allowed) != keys:
-            continue
-        if all(allowed[k] == WILDCARD or _same(allowed[k], room[k]) for k in keys):
-            return True
-    return False
+    return any(matches(allowed, room) for allowed in allowed_rooms)
 
 
-def _same(a: Any, b: Any) -> bool:
-    # JSON has no bool/int distinction problem of Python's (True == 1): keep them apart.
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    return a == b
+def matches(pattern: Mapping[str, Any], room: Mapping[str, Any]) -> bool:
+    """Tell whether *room* fits *pattern*: the same keys, each value equal or ``"*"``."""
+    if len(pattern) != len(room) or set(pattern) != set(room):
+        return False
+    return all(pattern[k] == WILDCARD or pattern[k] == room[k] for k in pattern)
+
+
+def is_pattern(room: Mapping[str, Any]) -> bool:
+    """Tell whether a trigger's room has a ``"*"`` value (it then reaches every room it
+    matches, :func:`matches`)."""
+    return any(value == WILDCARD for value in room.values())
+
+
+def pattern_message(room: Mapping[str, Any], data_json: bytes) -> bytes:
+    """Encode a publish to a room pattern for the backplane: the room's key, a newline,
+    the data (a room key holds no raw newline)."""
+    return room_key(room).encode("utf-8") + b"\n" + data_json
+
+
+def parse_pattern_message(message: bytes) -> tuple[dict[str, Any], bytes]:
+    """Return the room pattern and the encoded data of :func:`pattern_message`'s output."""
+    key, _, data_json = message.partition(b"\n")
+    return json.loads(key), data_json
+
+
+
+def allowed_rooms_of(answer: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """Return the rooms a bootstrap answer allows, as high-templar 3.1.0 reads them.
+
+    3.1.0 reads ``answer.get('allowed_rooms', [])`` and makes a room of each
+    item: a missing key means no rooms, and so does an empty string or object
+    (iterating one gives nothing). Returns None when the value is not a list
+    of objects (3.1.0 refuses the client, or fails on it). Repeated rooms are
+    kept once, as 3.1.0 keeps them in a set.
+    """
+    rooms = answer.get("allowed_rooms", [])
+    if rooms == "" or rooms == {}:
+        return []
+    if not valid_allowed_rooms(rooms):
+        return None
+    return list({room_key(room): room for room in rooms}.values())
 
 
 def valid_allowed_rooms(value: Any) -> bool:
@@ -112,7 +152,8 @@ def publish_payload(data_json: bytes, request_id_json: bytes) -> bytes:
     The data is encoded once per publish and each subscription's id once per
     subscription; the messages of one publish differ only by their ``requestId``.
     """
-    return b'{"type":"publish","data":' + data_json + b',"requestId":' + request_id_json + b"}"
+    return (b'{"type": "publish", "data": ' + data_json + b', "requestId": ' + request_id_json
+            + b"}")
 
 
 def publish_message(data: Any, request_id: Any) -> str:
@@ -122,24 +163,37 @@ def publish_message(data: Any, request_id: Any) -> str:
 
 @dataclass(frozen=True)
 class Status:
-    """The counters a ``status`` message answers with."""
+    """The counters a ``status`` message answers with (high-templar 3.1.0's names)."""
 
     open_connections: int
     num_rooms: int
     online_since: str
+    #: AMQP messages consumed, good or bad (``rabbitmq_messages_received``)
+    amqp_received: int
+    #: client messages received (3.1.0 declares this counter but never counts)
     received: int
+    #: publishes handed to connections (``ws_messages_send``)
     sent: int
+    #: publishes that found their connection closed (``ws_messages_send_error``)
     failed: int
 
 
 def status_reply(status: Status) -> str:
-    """Return the reply to ``{"type": "status"}``."""
+    """Return the reply to ``{"type": "status"}``, with high-templar 3.1.0's keys.
+
+    ``ws_messages_send_queued`` counts publishes handed over but not yet sent;
+    a publish here is sent once it is in its connection's outbound buffer, so
+    there are none in that state.
+    """
     return dumps({
         "open_connections": status.open_connections,
         "num_rooms": status.num_rooms,
         "online_since": status.online_since,
-        "messages": {"received": status.received, "sent": status.sent,
-                     "failed": status.failed},
+        "rabbitmq_messages_received": status.amqp_received,
+        "ws_messages_received": status.received,
+        "ws_messages_send": status.sent,
+        "ws_messages_send_error": status.failed,
+        "ws_messages_send_queued": 0,
     })
 
 
@@ -189,16 +243,29 @@ class Subscription:
     @property
     def id_key(self) -> str:
         """Return the identity of the request id (any JSON value)."""
-        return _id_key(self.request_id)
+        return id_key(self.request_id)
 
 
-def _id_key(request_id: Any) -> str:
-    """Return a hashable identity for a request id of any JSON type."""
+def id_key(request_id: Any) -> str:
+    """Return a hashable identity for a request id of any JSON type.
+
+    Ids compare as high-templar 3.1.0 compares them, with Python's ``==``:
+    ``1``, ``1.0`` and ``true`` are one id, ``"1"`` another.
+    """
+    if isinstance(request_id, bool):
+        request_id = int(request_id)
+    elif isinstance(request_id, float) and request_id.is_integer():
+        request_id = int(request_id)
     return dumps(request_id)
 
 
 class Session:
     """The protocol state of one high-templar connection (its subscriptions).
+
+    As in high-templar 3.1.0, a subscription is a (request id, room) pair: the
+    same id may name subscriptions of several rooms (each gets the publishes of
+    its room), the same pair again is the same subscription, and an unsubscribe
+    ends one subscription of its id (the oldest here).
 
     Not thread-safe: the driver feeds one connection's messages in order from
     one thread at a time.
@@ -207,10 +274,11 @@ class Session:
     def __init__(self, connection_id: str, allowed_rooms: list[dict[str, Any]]):
         self.connection_id = connection_id
         self.allowed_rooms = allowed_rooms
-        self.subscriptions: dict[str, Subscription] = {}
+        # (request id key, room key) -> subscription, oldest first
+        self.subscriptions: dict[tuple[str, str], Subscription] = {}
 
-    def receive(self, text: str) -> list[Action]:
-        """Handle one text message from the client; return what to do, in order."""
+    def receive(self, text: str | bytes) -> list[Action]:
+        """Handle one message from the client; return what to do, in order."""
         if text == PING:
             return [Reply(PONG)]
         try:
@@ -227,34 +295,32 @@ class Session:
         return [Reply(error(TYPE_NOT_ALLOWED, self.connection_id, with_id=True))]
 
     def receive_binary(self, data: bytes) -> list[Action]:
-        """Handle a binary message: the protocol is text only, so it is not JSON to us."""
-        return [Reply(error(NON_JSON, self.connection_id, with_id=True))]
+        """Handle a binary message: JSON in it counts, as high-templar 3.1.0 reads it."""
+        return self.receive(data)
 
     def _subscribe(self, message: dict[str, Any]) -> list[Action]:
-        request_id = message.get("requestId")
-        if request_id is None:
+        if "requestId" not in message:
             return [Reply(error(NO_REQUEST_ID))]
+        request_id = message["requestId"]
         room = message.get("room")
         if not permitted(room, self.allowed_rooms):
             return [Reply(error(ROOM_NOT_FOUND))]
-        actions: list[Action] = []
-        id_key = _id_key(request_id)
-        old = self.subscriptions.pop(id_key, None)
-        if old is not None:  # the same request id again: it now names the new room
-            actions.append(Left(old.key, old.request_id))
         key = room_key(room)
-        self.subscriptions[id_key] = Subscription(key, dict(room), request_id)
-        actions += [Joined(key, dict(room), request_id), Reply(dumps(SUCCESS))]
-        return actions
+        pair = (id_key(request_id), key)
+        if pair in self.subscriptions:  # the same subscription again
+            return [Reply(dumps(SUCCESS))]
+        self.subscriptions[pair] = Subscription(key, dict(room), request_id)
+        return [Joined(key, dict(room), request_id), Reply(dumps(SUCCESS))]
 
     def _unsubscribe(self, message: dict[str, Any]) -> list[Action]:
-        request_id = message.get("requestId")
-        if request_id is None:
+        if "requestId" not in message:
             return [Reply(error(NO_REQUEST_ID))]
-        old = self.subscriptions.pop(_id_key(request_id), None)
-        if old is None:
-            return [Reply(error(NOT_SUBSCRIBED))]
-        return [Left(old.key, old.request_id), Reply(dumps(SUCCESS))]
+        wanted = id_key(message["requestId"])
+        for pair, old in self.subscriptions.items():
+            if pair[0] == wanted:
+                del self.subscriptions[pair]
+                return [Left(old.key, old.request_id), Reply(dumps(SUCCESS))]
+        return [Reply(error(NOT_SUBSCRIBED))]
 
     def close(self) -> list[Left]:
         """Drop every subscription (the connection is gone); return what was left."""

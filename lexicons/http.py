@@ -39,11 +39,13 @@ REASONS = {
 class HTTPError(ProtocolError):
     """A request the server refuses, with the status and reason to answer."""
 
-    def __init__(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()):
+    def __init__(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = (),
+                 body: dict[str, Any] | None = None):
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
         self.headers = headers
+        self.body = body or {}   # more keys for the JSON body
 
 
 def head_end(buf: bytes | bytearray, start: int = 0) -> int:
@@ -178,5 +180,5 @@ def response(status: int, body: Any = None, headers: tuple[tuple[str, str], ...]
 def error_response(error: HTTPError) -> bytes:
     """Render an HTTPError as a response with a JSON body saying why."""
     body = {"status": error.status, "error": REASONS.get(error.status, "Error"),
-            "reason": error.reason}
+            "reason": error.reason, **error.body}
     return response(error.status, body, error.headers)

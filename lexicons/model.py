@@ -17,6 +17,25 @@
         def password(self, value: str) -> None:   # a computed field: stores a hash
             self.password_hash = hash_password(value)
 
+A property with a setter whose value lives in ``_name`` is a *stored* field named
+by the property: the column holds what the setter stored, and queries compare
+with that stored value::
+
+    class Account(Model):
+        email: str
+        _password: str                     # or: getter and setter both use self._password
+
+        @property
+        def password(self):
+            return self._password
+
+        @password.setter
+        def password(self, raw):
+            self._password = encrypt(raw)  # the ``password`` column holds the hash
+
+    db.create(Account, email=e, password="raw")           # stores encrypt("raw")
+    db.get(Account, email=e, password=encrypt("raw"))     # finds it
+
 The class name is the table name. Annotated class attributes are the fields:
 ``str``, ``int``, ``float``, ``bool``, ``list``, ``set``, ``dict``, typed
 containers (``list[int]``, ``set[str]``, ``dict[str, float]``), ``X | None``
@@ -342,6 +361,8 @@ def _resolve(cls: type[Model], name: str, annotation: Any) -> Field | None:
         if default is not MISSING:
             break
         default = klass.__dict__.get(name, MISSING)
+    if isinstance(default, _Backing):
+        default = default.default
     if isinstance(default, (property, classmethod, staticmethod, types.FunctionType)):
         default = MISSING
     nullable = False
@@ -389,6 +410,60 @@ def _resolve(cls: type[Model], name: str, annotation: Any) -> Field | None:
     raise TypeError(f"{model}.{name}: unsupported field type {annotation!r}")
 
 
+class _Backing:
+    """The ``_name`` attribute of a stored property ``name``: the row's ``name`` value.
+
+    Installed on the class in place of ``_name`` (and its default), so that the
+    property's own code (``return self._password``, ``self._password = ...``)
+    reads and writes the stored field, type-checked.
+    """
+
+    __slots__ = ("field", "default")
+
+    def __init__(self, field: str, default: Any):
+        self.field = field
+        self.default = default
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            return self.default
+        try:
+            return obj.__dict__[self.field]
+        except KeyError:
+            raise AttributeError(f"_{self.field}") from None
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.field] = type(obj)._schema().fields[self.field].check(value)
+
+
+def _stored_property(cls: type[Model], name: str, prop: property,
+                     hints: dict[str, Any]) -> Field | None:
+    """Return the Field of a property stored under its own name, or None if it is computed.
+
+    A property with a setter is *stored* when it keeps its value in ``_name``:
+    the class annotates ``_name``, or both the getter and the setter use
+    ``self._name``. The column is then named by the property and holds what the
+    setter stored (``User.password`` storing ``encrypt(raw)`` in ``_password``
+    makes a ``password`` column holding the hash). Its type is ``_name``'s
+    annotation, else the getter's return annotation, else ``str``.
+    """
+    private = "_" + name
+    annotation = hints.get(private, MISSING)
+    if annotation is MISSING:
+        codes = [getattr(f, "__code__", None) for f in (prop.fget, prop.fset)]
+        if not all(code is not None and private in code.co_names for code in codes):
+            return None
+        try:
+            annotation = typing.get_type_hints(prop.fget).get("return", str)
+        except Exception:  # an annotation that does not resolve: a str column
+            annotation = str
+    field = _resolve(cls, private, annotation)
+    if field is None:
+        return None
+    field.name = name
+    return field
+
+
 def _hints(cls: type[Model]) -> dict[str, Any]:
     """Return the annotations of *cls* and its bases, resolved where possible."""
     raw: dict[str, Any] = {}
@@ -431,7 +506,8 @@ class Model:
         if schema is not None:
             return schema
         fields: dict[str, Field] = {}
-        for name, annotation in _hints(cls).items():
+        hints = _hints(cls)
+        for name, annotation in hints.items():
             if name.startswith("_") or name == "pk":
                 continue
             field = _resolve(cls, name, annotation)
@@ -444,6 +520,11 @@ class Model:
                     if name in fields:
                         raise TypeError(f"{cls.__name__}.{name} is both a field and a property")
                     setters[name] = attr
+        for name, prop in setters.items():
+            field = _stored_property(cls, name, prop, hints)
+            if field is not None:
+                fields[name] = field
+                setattr(cls, "_" + name, _Backing(name, field.default))
         schema = Schema(cls, fields, setters)
         cls._lx_schema = schema
         return schema
@@ -458,19 +539,23 @@ class Model:
             d[name] = field.fresh_default()
         later = []
         for name, value in values.items():
-            field = fields.get(name)
-            if field is not None:
-                d[name] = field.check(value)
-            elif name in schema.setters:
+            if name in schema.setters:   # computed and stored properties: their setter
                 later.append((name, value))
-            else:
+                continue
+            field = fields.get(name)
+            if field is None:
                 raise ValidationError(f"{schema.name} has no field {name!r}")
+            d[name] = field.check(value)
         for name, value in later:
             setattr(self, name, value)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        field = type(self)._schema().fields.get(name)
+        schema = type(self)._schema()
+        field = schema.fields.get(name)
         if field is not None:
+            if name in schema.setters:   # a stored property: its setter says what is stored
+                object.__setattr__(self, name, value)
+                return
             value = field.check(value)
         elif name == "pk":
             value = check_pk(type(self).__name__, value)

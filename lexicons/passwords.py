@@ -4,6 +4,9 @@ The stored form carries its parameters, so they can be raised later without
 breaking the hashes already stored::
 
     scrypt$16384$8$1$<salt hex>$<hash hex>
+
+:func:`encrypt` is the deterministic hash of the original lexicons API (also
+``lexicons.utils.encrypt``): no salt per value, so a row can be looked up by it.
 """
 from __future__ import annotations
 
@@ -54,3 +57,24 @@ def verify_password(password: str, stored: str) -> bool:
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, size: int) -> bytes:
     return hashlib.scrypt(password.encode("utf-8", "surrogatepass"), salt=salt, n=n, r=r,
                           p=p, maxmem=256 * n * r * p, dklen=size)
+
+
+#: The fixed salt and cost of :func:`encrypt`: the same password always gives the same hash.
+ENCRYPT_SALT = b"lexicons.utils.encrypt"
+ENCRYPT_ROUNDS = 100_000
+
+
+def encrypt(value: str) -> str:
+    """Return a deterministic hash of *value*: PBKDF2-HMAC-SHA256 with a fixed salt, in hex.
+
+    The same value always gives the same hash, so a row can be found by it
+    (``db.get(User, email=e, password=encrypt(raw))``), as applications written
+    for the original lexicons do. The price: equal passwords have equal hashes.
+    New code should prefer :func:`hash_password` (salted per value) with
+    :func:`verify_password`.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"encrypt takes a str, not {type(value).__name__}")
+    digest = hashlib.pbkdf2_hmac("sha256", value.encode("utf-8", "surrogatepass"),
+                                 ENCRYPT_SALT, ENCRYPT_ROUNDS)
+    return digest.hex()

@@ -79,12 +79,32 @@ class Server:
     # --- running ------------------------------------------------------------------------
 
     def serve(self, settings: settings_mod.Settings | None = None) -> int:
-        """Run in the foreground until a signal or ``lexiconsd stop``; return the exit code."""
+        """Run in the foreground until a signal or ``lexiconsd stop``; return the exit code.
+
+        Once running, it says on standard error where it listens and where it logs.
+        """
         self.bootstrap = Bootstrap(settings or self.load_settings(), self.application)
         try:
-            return self.bootstrap.run()
+            return self.bootstrap.run(ready=self._announce)
         finally:
             self.bootstrap = None
+
+    def _announce(self) -> None:
+        """Tell the person who ran ``python main.py run`` where to connect and to look."""
+        manager = self.manager
+        settings = manager.settings if manager is not None else None
+        if manager is None or settings is None:
+            return
+        where = "no listener service"
+        if manager.has_service("listener"):
+            listener = manager.get_service("listener")
+            host = settings.HOST if settings.HOST not in ("", "0.0.0.0", "::") else "127.0.0.1"
+            host = f"[{host}]" if ":" in host else host
+            scheme = "wss" if listener.tls_context else "ws"
+            where = f"listening on {scheme}://{host}:{listener.port}/"
+        log = "standard error" if settings.LOG_PATH == "-" else settings.LOG_PATH
+        print(f"lexicons: {where}; log: {log}; data: {settings.DATA_DIR} (Ctrl-C stops)",
+              file=sys.stderr, flush=True)
 
     def run(self, argv: list[str] | None = None) -> int:
         """Behave as ``python main.py run``: serve if the command line says ``run``."""

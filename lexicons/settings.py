@@ -8,8 +8,11 @@ A settings *file* is an ordinary Python module (``settings.py``) that assigns
 upper-case names; it only needs the names it changes. Precedence, lowest
 first: declared default, settings file, environment, explicit overrides.
 
-Relative paths are resolved against the working directory at load time, before
-the daemon changes directory.
+Relative paths are made absolute at load time, before the daemon changes
+directory: those of a settings file, and the defaults when there is one, against
+that file's directory (so ``lexiconsd status --settings /srv/app/settings.py``
+finds the daemon from anywhere); those of the environment and of explicit
+overrides against the working directory (or *base_dir*).
 """
 from __future__ import annotations
 
@@ -254,9 +257,12 @@ def _check_http_url(value: str) -> None:
 
 
 def _check_headers(value: dict) -> None:
-    for name, text in value.items():
-        if not isinstance(name, str) or not isinstance(text, str):
-            raise SettingsError(f"header {name!r}: names and values must be strings")
+    from .backend import check_header_spec  # the sources are the backend module's to name
+
+    for name, spec in value.items():
+        if not isinstance(name, str):
+            raise SettingsError(f"header {name!r}: names must be strings")
+        check_header_spec(name, spec)
 
 
 DEFAULT_SERVICES = [
@@ -305,8 +311,8 @@ declare("HOST", "127.0.0.1", STR, "address to listen on", section="network")
 declare("PORT", 5000, integer(0, 65535), "TCP port to listen on (0: any free port)",
         section="network")
 declare("TRUST", ["*"], STR_LIST,
-        "client addresses or networks allowed to connect; '*' allows any", section="network",
-        live=True, check=_check_trust)
+        "client addresses or networks allowed to connect; '*' (or an empty list) allows any",
+        section="network", live=True, check=_check_trust)
 declare("TLS_CERT", "", PATH, "TLS certificate chain (PEM); TLS is on when set with TLS_KEY",
         section="network")
 declare("TLS_KEY", "", PATH, "TLS private key (PEM)", section="network")
@@ -330,6 +336,12 @@ declare("MAX_HEADER_SIZE", 16384, integer(1024),
         section="network")
 declare("HANDSHAKE_WORKERS", 4, integer(1),
         "threads running header checks and plain HTTP handlers, off the accepting thread",
+        section="network")
+declare("TICKET_TTL", 30.0, number(1),
+        "seconds a connect ticket from POST /session stays good (it is good for one connect)",
+        section="network")
+declare("SESSION_TTL", 43200.0, number(1),
+        "seconds a login session from POST /session lasts unused (held in memory)",
         section="network")
 declare("CLOSE_TIMEOUT", 2.0, number(0.01),
         "seconds a closing connection has to answer the close frame before it is dropped",
@@ -372,13 +384,32 @@ declare("BACKPLANE_QUEUE", 100000, integer(1),
         section="integration")
 declare("BACKPLANE_RETRY_MAX", 0.5, number(0.01),
         "longest delay between two attempts to reach Redis again", section="integration")
+declare("HISTORY_MAX_SIZE", 10000, integer(1),
+        "largest history_size a Channel class may declare (publications kept per channel)",
+        section="integration")
+declare("HISTORY_MAX_TTL", 7 * 86400.0, number(1),
+        "longest history_ttl a Channel class may declare, in seconds", section="integration")
+declare("HISTORY_MAX_CHANNELS", 10000, integer(1),
+        "channels whose history one node keeps in memory (memory backplane); the least "
+        "recently used is dropped first", section="integration")
+declare("HISTORY_META_TTL", 86400.0, number(1),
+        "seconds Redis keeps a channel's offset and epoch after its last publication "
+        "(then it starts over with a new epoch)", section="integration")
+declare("PRESENCE_TTL", 15.0, number(0.1),
+        "seconds a node's presence entries live in Redis without its heartbeat (every third "
+        "of it): a dead node's members are gone within 4/3 of this", section="integration")
 declare("BOOTSTRAP_URL", "", STR,
         "high-templar endpoint: backend URL asked for each client's allowed rooms",
         section="integration", check=_check_http_url)
 declare("BACKEND_TIMEOUT", 5.0, number(0.1), "seconds to wait for the backend's answer",
         section="integration")
-declare("BACKEND_HEADERS", {}, DICT, "extra headers sent to the backend on bootstrap",
+declare("BACKEND_HEADERS", {}, DICT,
+        "extra headers sent to the backend on bootstrap: a value, or {'param'|'header'|"
+        "'cookie': name, 'format': 'Token {}'} taken from the client's request",
         section="integration", check=_check_headers)
+declare("BOOTSTRAP_SOCKET", "", PATH,
+        "UNIX socket to reach the backend through (BOOTSTRAP_URL still gives the path and "
+        "Host); '' dials BOOTSTRAP_URL", section="integration")
 declare("TRIGGER_TRUST", ["127.0.0.1", "::1", "10.0.0.0/8", "172.16.0.0/12",
                          "192.168.0.0/16", "fc00::/7"], STR_LIST,
         "high-templar endpoint: addresses or networks that may POST /trigger/ ('*': any)",
@@ -491,8 +522,11 @@ def load(path: str | None = None, *, env: Mapping[str, str] | None = None,
     base_dir = os.path.abspath(base_dir or os.getcwd())
     values = {name: s.default for name, s in DECLARED.items()}
     extra: dict[str, Any] = {}
+    # the directory each path setting's value is relative to (where it was written)
+    relative_to = dict.fromkeys(DECLARED, base_dir)
     if path:
         path = os.path.abspath(path)
+        relative_to = dict.fromkeys(DECLARED, os.path.dirname(path))
         for name, value in _read_file(path).items():
             if name in DECLARED:
                 values[name] = _validate(name, value, path)
@@ -509,11 +543,13 @@ def load(path: str | None = None, *, env: Mapping[str, str] | None = None,
         except SettingsError as exc:
             raise SettingsError(f"environment: {key}: {exc}") from None
         values[name] = _validate(name, values[name], f"environment {key}")
+        relative_to[name] = base_dir
     for name, value in (overrides or {}).items():
         values[name] = _validate(name, value, f"override {name}")
+        relative_to[name] = base_dir
     for name, setting in DECLARED.items():
         if setting.kind is PATH and values[name] and values[name] != "-":
-            values[name] = os.path.join(base_dir, os.path.expanduser(values[name]))
+            values[name] = os.path.join(relative_to[name], os.path.expanduser(values[name]))
     return Settings(values, source=path, extra=extra, overrides=overrides, base_dir=base_dir)
 
 

@@ -17,7 +17,7 @@ names them (or takes ``**kwargs``):
     ``execute`` returns and before anyone is answered.
 ``ws``
     the caller's connection: ``ws.auth`` (what the headers established),
-    ``ws.channels``, ``ws.address``, ``ws.send(name, payload)``.
+    ``ws.channels``, ``ws.address``, ``ws.send(data)`` (a raw message).
 ``sv``
     the server: ``sv.publish(channels, name, payload)``,
     ``sv.subscribe(ws, channel)``, ``sv.unsubscribe(ws, channel)``,
@@ -30,6 +30,8 @@ What ``execute`` returns:
 * a :class:`Response` with channels: the payload is broadcast, as
   ``[{"SignalName": payload}]``, to every connection in those channels (each
   once); the caller additionally gets ``reply`` if one is given.
+* ``self.response(payload, channels)``, as in the original API: the same
+  broadcast; with no channels, nothing at all.
 * anything else (or a Response without channels): a reply to the caller
   alone, ``[{"SignalName": value}]``. ``None`` sends nothing, unless the call
   carried an id (``"#"``): a call with an id always gets exactly one answer.
@@ -70,6 +72,9 @@ def channel_names(channels: Any) -> tuple[str, ...]:
         channels = (channels,)
     names: list[str] = []
     for channel in channels:
+        # a Channel class without parameters names itself (``[Public]``)
+        if isinstance(channel, type) and hasattr(channel, "template"):
+            channel = channel()
         name = str(channel)
         if name not in names:
             names.append(name)
@@ -112,6 +117,18 @@ class Signal:
     def execute(self, **kwargs: Any) -> Any:
         """Run the call; return a Response, a plain reply, or None."""
         raise NotImplementedError(f"{type(self).__name__} does not define execute()")
+
+    def response(self, payload: Any, channels: Any = ()) -> Any:
+        """Return *payload* as a broadcast on *channels* (the original API's way).
+
+        ``return self.response(data, [Public])`` broadcasts ``[{"Name": data}]`` on
+        those channels; with no channels nothing is broadcast and the caller gets
+        no answer (``null`` to a call that carried an id).
+        """
+        names = channel_names(channels)
+        if not names:
+            return NOTHING
+        return Response(payload, names)
 
     @classmethod
     def signal_name(cls) -> str:

@@ -60,6 +60,7 @@ import pyarrow.csv as pacsv
 from .database import Database, Table
 from .errors import StorageError, ValidationError
 from .journal import Journal, _fsync_dir, read_records
+from .lockfile import DirectoryLock
 from .model import Field, Schema, to_json
 
 log = logging.getLogger("lexicons.storage")
@@ -471,6 +472,7 @@ class Storage:
         self.last_snapshot: float | None = None
         self.last_snapshot_seconds: float | None = None
         self.replayed = 0
+        self.lock = DirectoryLock(self.data_dir)
         # one snapshot at a time: the periodic one and the control command share the
         # temporary files and the list of journal generations
         self._snapshot_lock = threading.Lock()
@@ -498,6 +500,14 @@ class Storage:
             os.makedirs(self.data_dir, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create data directory {self.data_dir}: {exc}") from exc
+        self.lock.acquire()  # before reading: another process may be writing here
+        try:
+            return self._load()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _load(self) -> dict[str, int]:
         for stale in glob.glob(os.path.join(self.data_dir, ".*.csv.tmp")):
             log.info("removing %s, left by a snapshot cut short", stale)
             os.unlink(stale)
@@ -629,3 +639,4 @@ class Storage:
                     self.generations.remove(generation)
                 _fsync_dir(self.data_dir)
             self.db.journal = None
+        self.lock.release()

@@ -31,7 +31,15 @@ between runs::
 
 ``run`` is called with the keyword arguments ``db`` (the database, or None when
 no persister service runs) and ``sv`` (the server facade, or None), like a
-Signal's ``execute``; a task may also accept ``**kwargs``.
+Signal's ``execute``; a task may also accept ``**kwargs``, or only the names it
+uses. The original API's names work too: a task may define ``execute`` instead
+of ``run`` (called the same way), as ``async def`` if it likes (it is awaited,
+on the task's thread), and an interval task may compute its period in ``set()``
+instead of ``interval()``::
+
+    class OnShutdown(Task.Shutdown):
+        async def execute(self, db, sv):
+            ...
 
 When each kind runs:
 
@@ -56,10 +64,12 @@ When each kind runs:
 """
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
+from .aio import resolve
 from .errors import TaskError
 
 #: The longest interval accepted, in seconds (a year).
@@ -85,7 +95,15 @@ class Task:
 
     def run(self, db: Any, sv: Any) -> None:
         """Do the task's work with the database *db* and the server facade *sv*."""
-        raise NotImplementedError(f"task {self.name} does not define run(self, db, sv)")
+        raise NotImplementedError(f"task {self.name} does not define execute(self, db, sv) "
+                                  f"or run(self, db, sv)")
+
+    def execute(self, db: Any, sv: Any) -> Any:
+        """Do the task's work (the original API's name): calls :meth:`run` unless overridden.
+
+        May be ``async def``: the scheduler awaits it.
+        """
+        return self.run(db=db, sv=sv)
 
 
 class StartupTask(Task):
@@ -115,6 +133,10 @@ class IntervalTask(Task):
             raise TaskError(f"interval task {self.name}: set `every` (seconds) "
                             f"or define interval(self)")
         return self.every
+
+    def set(self) -> float:
+        """Return the seconds until the next run (the original API's name for interval())."""
+        return interval_of(self, use_set=False)
 
 
 Task.Startup = StartupTask
@@ -153,27 +175,57 @@ def build(blocks: Iterable[Any]) -> list[Task]:
     return tasks
 
 
+def perform(task: Task, db: Any, sv: Any) -> None:
+    """Run *task* once: its ``execute`` (or ``run``) with the ``db`` and ``sv`` it names.
+
+    A coroutine it returns (``async def execute``) is run to completion here.
+    """
+    method = task.execute if type(task).execute is not Task.execute else task.run
+    resolve(method(**_wanted(method, {"db": db, "sv": sv})))
+
+
+def _wanted(method: Any, available: dict[str, Any]) -> dict[str, Any]:
+    """Return the entries of *available* that *method* accepts by name."""
+    try:
+        params = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return available
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return available
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {k: v for k, v in available.items() if k in names}
+
+
 def ordered(tasks: Iterable[Task], kind: str) -> list[Task]:
     """Return the tasks of *kind* by priority, lower first; ties keep declaration order."""
     return sorted((t for t in tasks if t.kind == kind), key=lambda t: t.priority)
 
 
-def interval_of(task: IntervalTask) -> float:
+def dynamic(task: Task) -> bool:
+    """Tell whether an interval task computes its interval (``interval()`` or ``set()``)."""
+    cls = type(task)
+    return isinstance(task, IntervalTask) and (cls.interval is not IntervalTask.interval
+                                               or cls.set is not IntervalTask.set)
+
+
+def interval_of(task: IntervalTask, use_set: bool = True) -> float:
     """Return *task*'s current interval in seconds, checked.
 
     The ``interval`` attribute may be a method (the usual case) or, for
-    convenience, a plain number. Raises TaskError naming the task when the
+    convenience, a plain number; a task that defines ``set()`` (the original
+    API's name) is asked that instead. Raises TaskError naming the task when the
     value is not a positive number of seconds up to :data:`MAX_INTERVAL`, or
     when asking for it raises.
     """
-    value = task.interval
+    overridden = use_set and type(task).set is not IntervalTask.set
+    value = task.set if overridden else task.interval
     if callable(value):
         try:
             value = value()
         except TaskError:
             raise
         except Exception as exc:  # user code: report it by name
-            raise TaskError(f"interval task {task.name}: interval() failed: "
+            raise TaskError(f"interval task {task.name}: {value.__name__}() failed: "
                             f"{type(exc).__name__}: {exc}") from exc
     if (isinstance(value, bool) or not isinstance(value, (int, float))
             or not math.isfinite(value) or not 0 < value <= MAX_INTERVAL):

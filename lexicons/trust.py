@@ -1,7 +1,9 @@
 """The trust list: which client addresses may connect (``TRUST``).
 
 Entries are IP addresses (``"10.1.2.3"``, ``"::1"``), networks in CIDR
-notation (``"10.0.0.0/8"``) or ``"*"`` for any client. IPv4 clients reaching
+notation (``"10.0.0.0/8"``) or ``"*"`` for any client. An empty ``TRUST``
+restricts nobody (:func:`client_trust`), as ``Server(trust=[])`` did in the
+original API. IPv4 clients reaching
 an IPv6 socket (``::ffff:10.1.2.3``) are matched as IPv4.
 """
 from __future__ import annotations
@@ -43,3 +45,9 @@ class TrustList:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         return any(address in network for network in self.networks)
+
+
+def client_trust(entries: Iterable[str]) -> TrustList:
+    """Return the trust list of the ``TRUST`` setting: an empty one admits anyone."""
+    entries = tuple(entries)
+    return TrustList(entries or ("*",))

@@ -25,7 +25,10 @@ hub's flusher writes.
 
 Publishing. An HTTP trigger reaches one node, so it goes through the
 backplane (space ``"h"``, channel = room key) to every node with
-subscriptions of the room; the backplane delivers locally at once. An AMQP
+subscriptions of the room; the backplane delivers locally at once. A
+trigger's room with a ``"*"`` value is a pattern: it goes on the channel
+``"*"``, which every node with a subscription joins, and each node delivers
+it to the subscriptions of its rooms that the pattern matches. An AMQP
 trigger is consumed by every node already (each has its own queue), so it
 is delivered locally only: through the backplane each node would deliver it
 once per node.
@@ -54,6 +57,10 @@ PATH = "/ws/"
 TRIGGER_PATH = "/trigger/"
 #: The backplane space of high-templar rooms.
 SPACE = "h"
+#: The backplane channel (in SPACE) of triggers to room patterns: every node with a
+#: subscription joins it and matches the pattern against its own rooms. Room keys
+#: are JSON objects, so no room is named this.
+PATTERNS = "*"
 
 _EMPTY: tuple[tuple[Any, bytes], ...] = ()
 
@@ -96,11 +103,14 @@ class HighTemplarService(Service):
         self._clients: dict[Any, _Client] = {}
         # room key -> {(connection, request id key): request id JSON}
         self._rooms: dict[str, dict[tuple[Any, str], bytes]] = {}
+        self._room_of: dict[str, dict[str, Any]] = {}   # room key -> the room, to match
         self._snapshots: dict[str, tuple[tuple[Any, bytes], ...]] = {}
         self._counts_lock = threading.Lock()
         self.received = 0
         self.sent = 0
         self.failed = 0
+        self.published = 0        # publishes only: high-templar's ws_messages_send
+        self.publish_failed = 0
         self.authorized = 0
         self.refused = 0
         self.idle_closed = 0
@@ -111,7 +121,7 @@ class HighTemplarService(Service):
     # --- lifecycle ------------------------------------------------------------------
 
     def setup(self) -> None:
-        self.online_since = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        self.online_since = datetime.datetime.now().isoformat()  # local time, as 3.1.0 says it
         if not self.enabled:
             self.log.info("high-templar endpoint off (BOOTSTRAP_URL is not set)")
             return
@@ -167,12 +177,12 @@ class HighTemplarService(Service):
         headers = backend.bootstrap_headers(_client_headers(conn.request), conn.request.query,
                                             self.settings.BACKEND_HEADERS, _ip(conn.address))
         auth = backend.bootstrap(self.settings.BOOTSTRAP_URL, headers,
-                                 self.settings.BACKEND_TIMEOUT)
+                                 self.settings.BACKEND_TIMEOUT, self.settings.BOOTSTRAP_SOCKET)
         if not auth.authorized:
             self._count("refused")
             self.log.info("refused %s: %s", _ip(conn.address), auth.reason)
             self._send(conn, ht.refusal())
-            conn.close(CLOSE_NORMAL, "not authorized")
+            conn.close(CLOSE_NORMAL, "")  # no reason, as high-templar 3.1.0
             return
         session = ht.Session(str(uuid.uuid4()), auth.allowed_rooms)
         with self._lock:
@@ -195,7 +205,7 @@ class HighTemplarService(Service):
             if kind is ht.Reply:
                 self._send(conn, action.text)
             elif kind is ht.Joined:
-                self._join(conn, action.key, action.request_id)
+                self._join(conn, action.key, action.request_id, action.room)
             elif kind is ht.Left:
                 self._leave(conn, action.key, action.request_id)
             elif kind is ht.StatusAsked:
@@ -220,15 +230,18 @@ class HighTemplarService(Service):
 
     # --- subscriptions ------------------------------------------------------------------
 
-    def _join(self, conn: Any, key: str, request_id: Any) -> None:
+    def _join(self, conn: Any, key: str, request_id: Any, room: dict[str, Any]) -> None:
         with self._lock:
             if conn not in self._clients:
                 return  # closed meanwhile: on_close may have run, do not resurrect it
             members = self._rooms.get(key)
             first = members is None
             if first:
+                if not self._rooms and self.backplane is not None:
+                    self.backplane.join(PATTERNS, space=SPACE)
                 members = self._rooms[key] = {}
-            members[(conn, ht.dumps(request_id))] = ht.id_json(request_id)
+                self._room_of[key] = room
+            members[(conn, ht.id_key(request_id))] = ht.id_json(request_id)
             self._snapshots.pop(key, None)
             if first and self.backplane is not None:
                 self.backplane.join(key, space=SPACE)
@@ -236,13 +249,16 @@ class HighTemplarService(Service):
     def _leave(self, conn: Any, key: str, request_id: Any) -> None:
         with self._lock:
             members = self._rooms.get(key)
-            if members is None or members.pop((conn, ht.dumps(request_id)), None) is None:
+            if members is None or members.pop((conn, ht.id_key(request_id)), None) is None:
                 return
             self._snapshots.pop(key, None)
             if not members:
                 del self._rooms[key]
+                del self._room_of[key]
                 if self.backplane is not None:
                     self.backplane.leave(key, space=SPACE)
+                    if not self._rooms:
+                        self.backplane.leave(PATTERNS, space=SPACE)
 
     def _members(self, key: str) -> tuple[tuple[Any, bytes], ...]:
         snapshot = self._snapshots.get(key)
@@ -260,9 +276,11 @@ class HighTemplarService(Service):
             open_connections = sum(1 for conn in self._clients if conn.open)
             num_rooms = sum(1 for members in self._rooms.values()
                             if any(conn.open for conn, _ in members))
+        amqp = self.manager.get_service("amqp") if self.manager.has_service("amqp") else None
+        amqp_received = amqp.consumed + amqp.bad if amqp is not None else 0
         with self._counts_lock:
-            return ht.Status(open_connections, num_rooms, self.online_since, self.received,
-                             self.sent, self.failed)
+            return ht.Status(open_connections, num_rooms, self.online_since, amqp_received,
+                             self.received, self.published, self.publish_failed)
 
     # --- publishing ---------------------------------------------------------------------
 
@@ -272,17 +290,36 @@ class HighTemplarService(Service):
         Returns the number of distinct rooms published to.
         """
         data = trigger.data_json
-        keys = list(dict.fromkeys(ht.room_key(room) for room in trigger.rooms))
+        # a room named twice is published twice, as high-templar 3.1.0 does
+        rooms = [(ht.room_key(room), room) for room in trigger.rooms]
         self._count("triggers")
-        for key in keys:
-            if cluster and self.backplane is not None:
-                self.backplane.publish(key, data, space=SPACE)
+        for key, room in rooms:
+            if ht.is_pattern(room):   # to every room it matches, on every node
+                key, message = PATTERNS, ht.pattern_message(room, data)
             else:
-                self.deliver(key, data)
-        return len(keys)
+                message = data
+            if cluster and self.backplane is not None:
+                self.backplane.publish(key, message, space=SPACE)
+            else:
+                self.deliver(key, message)
+        return len({key for key, _ in rooms})
 
     def deliver(self, key: str, data_json: bytes) -> None:
-        """Send encoded data to this node's subscriptions of room *key* (backplane receiver)."""
+        """Send encoded data to this node's subscriptions of room *key* (backplane receiver).
+
+        For the key :data:`PATTERNS`, the message names a room pattern: it goes to
+        the subscriptions of every room here that the pattern matches.
+        """
+        if key == PATTERNS:
+            pattern, data_json = ht.parse_pattern_message(data_json)
+            with self._lock:
+                keys = [k for k, room in self._room_of.items() if ht.matches(pattern, room)]
+            for matched in keys:
+                self._deliver_room(matched, data_json)
+            return
+        self._deliver_room(key, data_json)
+
+    def _deliver_room(self, key: str, data_json: bytes) -> None:
         members = self._members(key)
         if not members:
             return
@@ -302,6 +339,8 @@ class HighTemplarService(Service):
         with self._counts_lock:
             self.sent += sent
             self.failed += failed
+            self.published += sent
+            self.publish_failed += failed
 
     def trigger_route(self, request: Any) -> Any:
         """Answer ``POST /trigger/``: 400 saying what is missing, 200 once published."""
@@ -340,7 +379,7 @@ class HighTemplarService(Service):
             idle = [c.conn for c in self._clients.values() if c.last_seen < limit]
         for conn in idle:
             if conn.open:
-                conn.close(CLOSE_NORMAL, f"idle for {timeout:g} s")
+                conn.close(CLOSE_NORMAL, "")  # no reason, as high-templar 3.1.0
                 self._count("idle_closed")
         return len(idle)
 

@@ -47,7 +47,7 @@ from lexicons.http import HTTPError
 from lexicons.pool import Pool
 from lexicons.service import Service, ServiceState
 from lexicons.static import StaticFiles
-from lexicons.trust import TrustList
+from lexicons.trust import TrustList, client_trust
 
 LINGER = 1.0            # seconds to discard input after an error answer
 LINGER_BYTES = 65536    # most bytes discarded after an error answer
@@ -143,13 +143,13 @@ class Admission:
                 HTTPError(400, "the websocket handshake could not complete")), self.tls)
             return None
 
-    def refuse(self, status: int, reason: str,
-               headers: tuple[tuple[str, str], ...] = ()) -> None:
-        """Answer the request with an HTTP error (JSON body) and close."""
+    def refuse(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = (),
+               body: dict[str, Any] | None = None) -> None:
+        """Answer the request with an HTTP error (JSON body, plus *body*'s keys) and close."""
         self._end()
         self.listener.refused[status] += 1
-        self.listener.respond(self.sock, http.error_response(HTTPError(status, reason, headers)),
-                              self.tls)
+        error = HTTPError(status, reason, headers, body)
+        self.listener.respond(self.sock, http.error_response(error), self.tls)
 
     def _end(self) -> None:
         if self.done:
@@ -564,7 +564,7 @@ class ListenerService(Service):
             return self.manager.get_service("gate").trusted(address)
         entries = self.settings.TRUST
         if self._trust is None or self._trust[0] is not entries:
-            self._trust = (entries, TrustList(entries))
+            self._trust = (entries, client_trust(entries))
         return self._trust[1].allows(address[0] if isinstance(address, tuple) else "")
 
     # --- built-in routes --------------------------------------------------------------

@@ -24,6 +24,11 @@ unframed) instead of local delivery; the backplane calls back
 channel) on every node with members, once per broadcast. This node
 tells the backplane ``join(channel)`` when it gains its first local member of
 a channel and ``leave(channel)`` when it loses its last.
+
+Channels whose class keeps history or presence are handed to
+:class:`services.channelstate.ChannelState` (publishing with positions,
+recovery, presence); the service makes one only when the application declares
+such a channel, so other channels' fan-out never looks at it.
 """
 from __future__ import annotations
 
@@ -34,8 +39,10 @@ from typing import Any
 from lexicons import filters, protocol
 from lexicons.channel import ChannelSet
 from lexicons.connection import Connection, State, fan_out
+from lexicons.errors import CallError
 from lexicons.frames import text_frame
 from lexicons.service import Service
+from services.channelstate import HISTORY_SPACE, ChannelState
 
 _EMPTY: tuple[Connection, ...] = ()
 
@@ -54,6 +61,7 @@ class RoomsService(Service):
         self._lock = threading.Lock()
         self._members: dict[str, dict[Connection, None]] = {}
         self._snapshots: dict[str, tuple[Connection, ...]] = {}
+        self.channel_state: ChannelState | None = None  # history and presence, if declared
 
     def setup(self) -> None:
         # first: the backplane must be handed the filtered deliver, if the stage has filters
@@ -63,21 +71,47 @@ class RoomsService(Service):
             self.backplane = self.manager.get_service("backplane")
             self.backplane.set_receiver(self.deliver_local)
             self.backplane.set_many_receiver(self.deliver)
+        classes = list(self.manager.app.channels)
+        if any(cls.history_size or cls.presence for cls in classes):
+            self.channel_state = ChannelState(self, classes)
+            self.channel_state.load()
+            if self.backplane is not None:
+                self.backplane.set_receiver(self.channel_state.deliver, HISTORY_SPACE)
+
+    def main(self) -> None:
+        state = self.channel_state
+        if state is None or state.presence is None:
+            self.stopping.wait()
+            return
+        while not self.stopping.wait(self.settings.PRESENCE_TTL / 3):
+            try:
+                state.tick()
+            except Exception:  # Redis out of reach: the next tick tries again
+                self.log.exception("presence heartbeat failed")
+
+    def teardown(self) -> None:
+        if self.channel_state is not None:
+            self.channel_state.save()
 
     def info(self) -> dict[str, Any]:
         with self._lock:
             channels = len(self._members)
             memberships = sum(len(m) for m in self._members.values())
-        return {"channels": channels, "memberships": memberships,
+        info = {"channels": channels, "memberships": memberships,
                 "published": self.published, "delivered": self.delivered,
                 "backplane": self.backplane is not None}
+        if self.channel_state is not None:
+            info.update(self.channel_state.info())
+        return info
 
     # --- membership ---------------------------------------------------------------------
 
-    def join(self, conn: Connection, channel: str, check: bool = True) -> None:
+    def join(self, conn: Connection, channel: str, check: bool = True,
+             announce: bool = True) -> None:
         """Put *conn* in *channel*; with *check*, the channel must exist and permit it.
 
         Raises CallError (unknown channel) or NotPermitted (its permit hook said no).
+        *announce* False leaves a presence channel's join to the caller.
         """
         if check:
             self.channels.check(conn, channel)
@@ -94,31 +128,85 @@ class RoomsService(Service):
             conn.channels.add(channel)
             self._snapshots.pop(channel, None)
             if first and self.backplane is not None:
-                self.backplane.join(channel)
+                self.backplane.join(channel, *self._space(channel))
+        if announce and self.channel_state is not None and self.channel_state.tracks(channel):
+            self.channel_state.joined(conn, channel)
+
+    def subscribe(self, conn: Connection, channel: str, recover: Any = None,
+                  check: bool = True) -> Any:
+        """Join *channel* (with *check*, if its permit hook agrees); recover since *recover*.
+
+        Answers None for a channel without history, else its position (and, with
+        *recover*, whether the missed publications could be sent).
+        """
+        if check:
+            self.channels.check(conn, channel)
+        state = self.channel_state
+        if state is not None and state.keeps(channel):
+            return state.subscribe(conn, channel, recover)
+        if recover is not None:
+            raise CallError(f"channel {channel[:100]!r} keeps no history: there is nothing "
+                            f"to recover")
+        self.join(conn, channel, check=False)
+        return None
+
+    def _space(self, channel: str) -> tuple[str, ...]:
+        """Return the backplane space of *channel* as arguments: () for the default one."""
+        if self.channel_state is None or self.channel_state.space(channel) != HISTORY_SPACE:
+            return ()
+        return (HISTORY_SPACE,)
 
     def leave(self, conn: Connection, channel: str) -> None:
         """Take *conn* out of *channel* (nothing happens if it was not in it)."""
         with self._lock:
-            self._leave_locked(conn, channel)
+            left = self._leave_locked(conn, channel)
+        if left and self.channel_state is not None:
+            self._presence_left(conn, (channel,))
 
     def drop(self, conn: Connection) -> None:
         """Take a closed connection out of every channel."""
         with self._lock:
-            for channel in list(conn.channels):
-                self._leave_locked(conn, channel)
+            channels = [c for c in list(conn.channels) if self._leave_locked(conn, c)]
+        if self.channel_state is not None:
+            self._presence_left(conn, channels)
 
-    def _leave_locked(self, conn: Connection, channel: str) -> None:
-        """Needs self._lock."""
+    def _presence_left(self, conn: Connection, channels: Iterable[str]) -> None:
+        state = self.channel_state
+        for channel in channels:
+            if state.tracks(channel):
+                try:
+                    state.left(conn, channel)
+                except Exception:  # Redis out of reach: the entry expires by itself
+                    self.log.exception("presence: cannot record that %s left %r",
+                                       conn.id, channel)
+
+    def _leave_locked(self, conn: Connection, channel: str) -> bool:
+        """Needs self._lock. Return whether *conn* was in *channel*."""
         conn.channels.discard(channel)
         members = self._members.get(channel)
         if members is None or conn not in members:
-            return
+            return False
         del members[conn]
         self._snapshots.pop(channel, None)
         if not members:
             del self._members[channel]
-            if self.backplane is not None:
-                self.backplane.leave(channel)
+            # a subscriber still recovering needs the channel's broadcasts from Redis
+            if self.backplane is not None and not (self.channel_state is not None
+                                                   and self.channel_state.holds(channel)):
+                self.backplane.leave(channel, *self._space(channel))
+        return True
+
+    def history(self, channel: str, limit: int = 100) -> dict[str, Any]:
+        """Return a history channel's position and newest *limit* publications."""
+        if self.channel_state is None:
+            raise CallError(f"channel {channel[:100]!r} keeps no history")
+        return self.channel_state.read(channel, limit)
+
+    def presence(self, channel: str) -> dict[str, Any]:
+        """Return who is in a presence channel: ``{channel, count, members}``."""
+        if self.channel_state is None:
+            raise CallError(f"channel {channel[:100]!r} keeps no presence")
+        return self.channel_state.members(channel)
 
     def members(self, channel: str) -> tuple[Connection, ...]:
         """Return the connections in *channel* now (a snapshot)."""
@@ -135,6 +223,9 @@ class RoomsService(Service):
     def publish(self, channels: Iterable[str], name: str, payload: Any) -> None:
         """Broadcast ``[{name: payload}]`` on *channels* (raises TypeError if not JSON-able)."""
         channels = tuple(channels)
+        if self.channel_state is not None and self.channel_state.takes(channels):
+            self.channel_state.publish(channels, name, payload)  # positions, history
+            return
         message = protocol.broadcast(name, payload).encode("utf-8")
         self.published += 1
         if self.backplane is not None:

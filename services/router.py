@@ -16,20 +16,22 @@ runs *on the connection's own reader thread* while holding one of
   instead of filling a queue.
 
 ``execute`` gets its checked arguments plus ``db``, ``ws`` and ``sv`` (as it
-names them); after it returns the database is committed, then the caller is
-answered and the response's broadcast goes to the rooms service. A signal
-that raises gives its caller an error (its message for a ``CallError``,
-``"Name failed"`` otherwise, the traceback only in the log) and the
-connection stays usable.
+names them) and runs in one database transaction: when it returns its writes
+are journaled and committed, then the caller is answered and the response's
+broadcast goes to the rooms service. A signal that raises leaves no write
+behind (the transaction is undone) and gives its caller an error (its message
+for a ``CallError``, ``"Name failed"`` otherwise, the traceback only in the
+log); the connection stays usable.
 """
 from __future__ import annotations
 
 import queue
 import threading
+from types import CoroutineType
 from typing import Any
 
-from lexicons import filters, protocol
-from lexicons.channel import Subscribe, Unsubscribe
+from lexicons import aio, filters, protocol
+from lexicons.channel import Presence, Subscribe, Unsubscribe
 from lexicons.connection import Connection
 from lexicons.errors import CallError, NotPermitted, ServiceError
 from lexicons.events import Rejected
@@ -39,7 +41,7 @@ from lexicons.protocol import Protocol
 from lexicons.service import Service
 from lexicons.signal import NOTHING, Response, Signal, channel_names
 
-BUILT_IN: tuple[type[Signal], ...] = (Subscribe, Unsubscribe)
+BUILT_IN: tuple[type[Signal], ...] = (Subscribe, Unsubscribe, Presence)
 
 
 class Facade:
@@ -61,16 +63,31 @@ class Facade:
         """Broadcast ``[{name: payload}]`` to every connection in *channels*."""
         self._router.rooms_service().publish(channel_names(channels), name, payload)
 
-    def subscribe(self, ws: Connection, channel: Any, check: bool = False) -> None:
+    def subscribe(self, ws: Connection, channel: Any, check: bool = False,
+                  recover: Any = None) -> Any:
         """Put connection *ws* in *channel* (check=True asks the channel's permit hook).
 
+        For a channel with history, answers its position and, given *recover*
+        (``{"offset", "epoch"}``), first sends *ws* what it missed since then.
         ``subscribe(event, fn)`` (a name and a callable) instead calls ``fn(event, data)``
         for every cluster event *event* said on any node (see :meth:`say`).
         """
         if isinstance(ws, str) and callable(channel):
             self._backplane().subscribe(ws, channel)
-            return
-        self._router.rooms_service().join(ws, str(channel), check=check)
+            return None
+        return self._router.rooms_service().subscribe(ws, str(channel), recover, check=check)
+
+    def history(self, channel: Any, limit: int = 100) -> dict[str, Any]:
+        """Return a history channel's ``{channel, offset, epoch, publications}``.
+
+        The newest *limit* publications kept, oldest first, each
+        ``{"offset", "name", "data"}``.
+        """
+        return self._router.rooms_service().history(str(channel), limit)
+
+    def presence(self, channel: Any) -> dict[str, Any]:
+        """Return who is in a presence channel: ``{channel, count, members}``."""
+        return self._router.rooms_service().presence(str(channel))
 
     def unsubscribe(self, ws: Connection, channel: Any) -> None:
         """Take connection *ws* out of *channel*; ``unsubscribe(event, fn)`` drops a handler."""
@@ -196,7 +213,7 @@ class RouterService(Service):
                 raise NotPermitted(f"not permitted: {name}")
             for key in self.inject[name]:
                 kwargs[key] = conn if key == "ws" else self.db if key == "db" else self.facade
-            result = signal.execute(**kwargs)
+            result = self._execute(signal, kwargs)
         except CallError as exc:
             error = str(exc) or f"{name} refused"
             outcome = ERROR
@@ -220,6 +237,21 @@ class RouterService(Service):
         else:
             self._answer(conn, name, result, call_id)
         self.stats.record(name, outcome, clock() - started)
+
+    def _execute(self, signal: Signal, kwargs: dict[str, Any]) -> Any:
+        """Run *signal* in one transaction: all its writes are kept, or none if it raises.
+
+        An ``async def`` execute is awaited here, on the connection's thread.
+        """
+        db = self.db
+        if db is None:
+            result = signal.execute(**kwargs)
+            return aio.resolve(result) if result.__class__ is CoroutineType else result
+        with db.transaction():
+            result = signal.execute(**kwargs)
+            if result.__class__ is CoroutineType:
+                result = aio.resolve(result)
+        return result
 
     def _answer(self, conn: Connection, name: str, result: Any, call_id: Any) -> None:
         reply = result

@@ -181,7 +181,7 @@ class SchedulerService(Service):
         started, wall = time.monotonic(), time.time()
         error: BaseException | None = None
         try:
-            record.task.run(db=self._db(), sv=self._sv())
+            tasks.perform(record.task, self._db(), self._sv())
         except BaseException as exc:  # a task must not end a worker, even with SystemExit
             error = exc
             self.log.error("%s task %s failed", record.task.kind, record.name, exc_info=exc)
@@ -204,7 +204,7 @@ class SchedulerService(Service):
         self._records = [TaskRecord(t) for t in built]
         by_task = {id(r.task): r for r in self._records}
         for task in built:  # a missing or bad `every` is refused before any task runs
-            if isinstance(task, IntervalTask) and type(task).interval is IntervalTask.interval:
+            if isinstance(task, IntervalTask) and not tasks.dynamic(task):
                 tasks.interval_of(task)
         for task in tasks.ordered(built, "startup"):
             self._startup(by_task[id(task)])

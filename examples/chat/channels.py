@@ -18,15 +18,25 @@ class Public(Channel):
 
 
 class RoomChannel(Channel):
-    """The members of one room (``room:lobby``): its messages, arrivals and departures."""
+    """The members of one room (``room:lobby``): its messages, arrivals and departures.
+
+    Its recent broadcasts are kept (and saved across a restart), so a page that
+    reconnects gets the messages sent while it was away.
+    """
 
     name = "room:{name}"
+    history_size = 200
+    history_ttl = 3600
+    history_persist = True
 
 
 class Inbox(Channel):
     """One user's private channel (``user:alice``): direct messages to or from them."""
 
     name = "user:{name}"
+    history_size = 200
+    history_ttl = 3600
+    history_persist = True
 
 
 def grants(user: str) -> list[str]:

@@ -50,8 +50,11 @@ def test_start_status_restart_stop(workdir):
 
     restarted = lexiconsd("restart", "counter", cwd=workdir)
     assert restarted.returncode == 0, restarted.stderr
+    assert restarted.stdout == "restarted counter: RUNNING\n"
+    dumped = lexiconsd("restart", "counter", "--json", cwd=workdir)
+    assert dumped.returncode == 0 and json.loads(dumped.stdout)["name"] == "counter"
     _, status = status_json(workdir)
-    assert status["services"][1]["info"]["runs"] == 2
+    assert status["services"][1]["info"]["runs"] == 3
 
     stopped = lexiconsd("stop", cwd=workdir)
     assert stopped.returncode == 0, stopped.stderr
@@ -97,6 +100,23 @@ def test_status_and_stop_with_nothing_running(workdir):
     assert status.returncode == 3 and "not running" in status.stdout
     stop = lexiconsd("stop", cwd=workdir)
     assert stop.returncode == 3 and "not running" in stop.stdout
+    for said in (status.stdout, stop.stdout):  # which lock file and socket were looked at
+        assert str(workdir / "run" / "lexiconsd.pid") in said
+        assert str(workdir / "run" / "lexiconsd.sock") in said
+
+
+def test_status_and_stop_from_another_directory(workdir, tmp_path_factory):
+    """With --settings, status and stop find the daemon from any directory."""
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    assert lexiconsd("start", cwd=workdir).returncode == 0
+    try:
+        status = lexiconsd("status", "--settings", str(workdir / "settings.py"), cwd=elsewhere)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "lexiconsd running" in status.stdout
+    finally:
+        stop = lexiconsd("stop", "--settings", str(workdir / "settings.py"), cwd=elsewhere)
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert not list(elsewhere.iterdir())  # nothing made where it ran
 
 
 def test_crashing_service_restarted_in_daemon(workdir):
@@ -138,18 +158,6 @@ def test_bad_setting_stops_start(workdir, env, words):
     assert not (workdir / "run" / "lexiconsd.pid").exists()
 
 
-def test_unknown_service_path_stops_start(workdir):
-    """An unknown service path is reported by the start command itself."""
-    write_settings_file(workdir, SERVICE_LIST=["services.control/ControlService",
-                                               "services.nowhere/Ghost"],
-                        LOCK_FILE="run/lexiconsd.pid", CONTROL_SOCKET="run/lexiconsd.sock")
-    done = lexiconsd("start", cwd=workdir)
-    assert done.returncode == 1
-    assert "services.nowhere" in done.stderr
-    time.sleep(0.2)
-    assert not (workdir / "run" / "lexiconsd.pid").exists()
-
-
 def test_foreground_with_python_m(workdir):
     """`python -m lexicons start --foreground` runs until SIGTERM and exits 0."""
     import subprocess
@@ -186,7 +194,9 @@ def test_hup_reloads_and_usr1_reopens_log(workdir):
         wait_for(lambda: log.exists() and "log file reopened" in log.read_text(),
                  what="reopened log")
         reload = lexiconsd("reload", cwd=workdir)
-        assert reload.returncode == 0 and '"applied": []' in reload.stdout
+        assert reload.returncode == 0 and reload.stdout == "reloaded: applied nothing changed\n"
+        reload = lexiconsd("reload", "--json", cwd=workdir)
+        assert reload.returncode == 0 and json.loads(reload.stdout)["applied"] == []
     finally:
         assert lexiconsd("stop", cwd=workdir).returncode == 0
     assert "lexiconsd stopped" in (workdir / "lexiconsd.log").read_text()
@@ -220,6 +230,54 @@ def test_settings_refused_by_a_service_exit_6(workdir, env, words):
     done = lexiconsd("start", cwd=workdir, env=env)
     assert done.returncode == 6, (done.stdout, done.stderr)
     assert words in done.stderr and "bad settings" in done.stderr
+
+
+def test_second_daemon_on_the_same_data_dir_is_refused(tmp_path):
+    """Two daemons with their own lock files cannot share a DATA_DIR: the second names the pid."""
+    shared = tmp_path / "shared-data"
+    dirs = [tmp_path / "one", tmp_path / "two"]
+    for directory in dirs:
+        directory.mkdir()
+        write_settings_file(directory, SERVICE_LIST=["services.control/ControlService",
+                                                     "services.persister/PersisterService"],
+                            LOCK_FILE="run/lexiconsd.pid", CONTROL_SOCKET="run/lexiconsd.sock",
+                            LOG_PATH="lexiconsd.log", DATA_DIR=str(shared))
+    try:
+        first = lexiconsd("start", cwd=dirs[0])
+        assert first.returncode == 0, first.stderr
+        _, status = status_json(dirs[0])
+        second = lexiconsd("start", cwd=dirs[1])
+        assert second.returncode != 0
+        assert f"data directory {shared} is in use by another process (pid {status['pid']}" \
+            in second.stderr, second.stderr
+        assert status_json(dirs[1])[0] == 3
+        assert lexiconsd("stop", cwd=dirs[0]).returncode == 0
+        third = lexiconsd("start", cwd=dirs[1])  # free again once the first has stopped
+        assert third.returncode == 0, third.stderr
+        assert lexiconsd("stop", cwd=dirs[1]).returncode == 0
+    finally:
+        for directory in dirs:
+            kill_leftover_daemon(directory)
+
+
+@pytest.mark.parametrize("entry, reason", [
+    ("services.nope/Nope", "SERVICE_LIST: cannot import 'services.nope'"),
+    ("services.control/Nope", "SERVICE_LIST: module 'services.control' has no class 'Nope'"),
+])
+def test_unknown_service_or_class_is_a_bad_setting(tmp_path, entry, reason):
+    """An entry of SERVICE_LIST naming nothing exits 6 (bad settings); the log says why."""
+    write_settings_file(tmp_path, SERVICE_LIST=["services.control/ControlService", entry],
+                        LOCK_FILE="run/lexiconsd.pid", CONTROL_SOCKET="run/lexiconsd.sock",
+                        LOG_PATH="lexiconsd.log")
+    try:
+        for args in (["start"], ["start", "--foreground"]):
+            done = lexiconsd(*args, cwd=tmp_path)
+            assert done.returncode == 6, done.stdout + done.stderr
+            assert reason in done.stderr
+            assert not (tmp_path / "run" / "lexiconsd.pid").exists()
+        assert reason in (tmp_path / "lexiconsd.log").read_text()
+    finally:
+        kill_leftover_daemon(tmp_path)
 
 
 def test_status_and_stop_answer_while_control_clients_hog_the_socket(workdir):

@@ -69,7 +69,7 @@ def test_health_turns_503_when_a_service_is_fatal_and_metrics_say_so(workdir):
 
 
 @pytest.mark.parametrize("filters, code, words", [
-    ({"data": ["tests.nowhere/Ghost"]}, 1, "tests.nowhere"),
+    ({"data": ["tests.nowhere/Ghost"]}, 6, "tests.nowhere"),  # names nothing: bad settings
     ({"mesage": ["lexicons.filters/TrafficLog"]}, 6, "unknown stage 'mesage'"),
 ])
 def test_a_bad_filters_setting_stops_start_up(workdir, filters, code, words):

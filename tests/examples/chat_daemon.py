@@ -27,15 +27,20 @@ SERVICES = [
 class ChatDaemon:
     """``lexiconsd start`` with ``APP = "examples.chat"`` in a directory of its own."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, app: str = "examples.chat",
+                 services: list[str] | None = None, **settings: Any):
         self.workdir = workdir
         self.port = 0
+        self.app = app
+        self.services = services or SERVICES
+        self.settings = settings  # more settings for the file
 
     def start(self, port: int = 0) -> ChatDaemon:
         """Start the daemon (on *port*, or any free port) and learn the port it bound."""
-        write_settings_file(self.workdir, APP="examples.chat", PORT=port, SERVICE_LIST=SERVICES,
+        write_settings_file(self.workdir, APP=self.app, PORT=port, SERVICE_LIST=self.services,
                             LOCK_FILE="run/lexiconsd.pid", CONTROL_SOCKET="run/lexiconsd.sock",
-                            LOG_PATH="lexiconsd.log", DATA_DIR="data", DB_FSYNC="always")
+                            LOG_PATH="lexiconsd.log", DATA_DIR="data", DB_FSYNC="always",
+                            **self.settings)
         done = lexiconsd("start", cwd=self.workdir)
         assert done.returncode == 0, done.stdout + done.stderr + self.log()
         status = lexiconsd("status", "--json", cwd=self.workdir)
@@ -68,6 +73,13 @@ class ChatDaemon:
                 os.kill(int(text), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+    def wait_gone(self, timeout: float = 20.0) -> None:
+        """Wait until no daemon answers in the directory any more (after :meth:`kill`)."""
+        deadline = time.monotonic() + timeout
+        while lexiconsd("status", cwd=self.workdir).returncode == 0:
+            assert time.monotonic() < deadline, "the daemon is still running"
+            time.sleep(0.1)
 
     def log(self) -> str:
         """Return the daemon's log (for failure messages)."""

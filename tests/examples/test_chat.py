@@ -12,9 +12,10 @@ import pytest
 
 from examples.chat.models import ChatMessage, Room, User
 from examples.chat.tasks import CreateLobby, PruneMessages
+from lexicons.client import Client
 from lexicons.database import Database
 from lexicons.errors import CallError, Refused
-from tests.examples.chat_daemon import ChatClient, ChatDaemon
+from tests.examples.chat_daemon import TIMEOUT, ChatClient, ChatDaemon
 
 _names = itertools.count(1)
 
@@ -108,8 +109,9 @@ def test_channel_permissions_follow_the_granted_patterns(people):
     name, client = people("perm")
     other, _ = people("other")
     assert client.call("Subscribe", channel="public") == "public"
-    assert client.call("Subscribe", channel="room:anything") == "room:anything"
-    assert client.call("Subscribe", channel=f"user:{name}") == f"user:{name}"
+    # rooms and inboxes keep history: the answer is the channel's position
+    assert client.call("Subscribe", channel="room:anything")["channel"] == "room:anything"
+    assert client.call("Subscribe", channel=f"user:{name}")["channel"] == f"user:{name}"
     with pytest.raises(CallError, match="not permitted"):
         client.call("Subscribe", channel=f"user:{other}")
     with pytest.raises(CallError, match="unknown channel"):
@@ -341,3 +343,58 @@ def test_the_page_is_served_by_lexicons(daemon):
     assert get("/lexicons.js", **{"If-None-Match": headers["ETag"]})[0] == 304
     assert get("/../__init__.py")[0] == 404
     assert get("/nothing.html")[0] == 404
+
+
+def test_readme_python_client_example_works_as_written(daemon):
+    """The README's Python-client example runs on the chat: it registers, then logs in."""
+    import re
+    import subprocess
+    import sys
+
+    from tests.support.daemon import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```python\n(from lexicons\.client import Client\n.*?)```", readme,
+                      re.DOTALL)
+    assert block, "the README has no Python-client example"
+    code = block.group(1).replace("ws://127.0.0.1:5000/", daemon.ws_url)
+    for _ in range(2):  # alice does not exist the first time, and does the second
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"})
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("[{"), done.stdout
+
+
+def test_browser_sessions_outlive_a_clean_restart(tmp_path):
+    """A session from POST /session still gives tickets after stop/start; no token on disk."""
+    import http.client
+
+    def post(port: int, body: dict) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+        try:
+            conn.request("POST", "/session", body=json.dumps(body).encode(),
+                         headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            conn.close()
+
+    chat = ChatDaemon(tmp_path).start()
+    try:
+        status, answer = post(chat.port, {"headers": {"Register": {"name": "ida",
+                                                                   "password": "pass1234"}}})
+        assert status == 200, answer
+        chat.stop()
+        kept = tmp_path / "data" / "sessions.json"
+        assert kept.stat().st_mode & 0o777 == 0o600
+        assert answer["session"] not in kept.read_text()
+        chat.start(port=chat.port)
+        status, renewed = post(chat.port, {"session": answer["session"]})
+        assert status == 200, renewed
+        with Client(f"{chat.ws_url}?ticket={renewed['ticket']}", timeout=TIMEOUT) as client:
+            client.call("Subscribe", channel="user:ida")  # the login's grants came back too
+    finally:
+        try:
+            chat.stop()
+        finally:
+            chat.kill()

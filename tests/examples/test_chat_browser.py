@@ -162,6 +162,47 @@ def test_page_reconnects_after_a_restart(daemon, browser):
     expect(alice.locator("#messages .message").last).to_contain_text("after the restart")
 
 
+def test_no_password_in_any_url_reload_keeps_the_session_logout_ends_it(daemon, browser):
+    """Logging in sends the password in a POST body only; a reload stays in; logout ends it."""
+    page = new_page(browser, daemon.url)
+    urls: list[str] = []
+    console: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+    page.on("websocket", lambda ws: urls.append(ws.url))
+    page.on("console", lambda message: console.append(message.text))
+
+    enter(page, "grace", "not-her-password", button="#login")   # a failed login first
+    expect(page.locator("#login-error")).to_have_text("Login: wrong name or password")
+    enter(page, "grace", "hopper42")
+    expect(page.locator("#room-title")).to_have_text("#lobby")
+    sockets = [url for url in urls if url.startswith("ws")]
+    assert sockets and all("?ticket=" in url for url in sockets)
+
+    page.reload()
+    expect(page.locator("#room-title")).to_have_text("#lobby")
+    expect(page.locator("#me")).to_have_text("grace")
+    expect(page.locator("#status")).to_have_text("online")
+    say(page, "still here after a reload")
+    expect(page.locator("#messages .message").last).to_contain_text("still here")
+    token = page.evaluate("JSON.parse(sessionStorage.getItem('lexicons.session')).token")
+
+    page.click("#logout")
+    expect(page.locator("#login-form")).to_be_visible()
+    expect(page.locator("#status")).to_have_text("offline")
+    page.reload()
+    expect(page.locator("#login-form")).to_be_visible()
+    expect(page.locator("#chat-view")).to_be_hidden()
+    ended = page.evaluate("""async (token) => (await fetch("/session", {method: "POST",
+        headers: {"Content-Type": "application/json"},
+        body: JSON.stringify({session: token})})).status""", token)
+    assert ended == 401   # the server has ended the session, not only the page
+
+    for secret in ("hopper42", "not-her-password"):
+        assert not [url for url in urls if secret in url], urls
+        assert not [line for line in console if secret in line], console
+    assert not [url for url in urls if "Login=" in url or "Register=" in url]
+
+
 CLIENT_SCRIPT = """async () => {
   const { Client } = await import("/lexicons.js");
   const out = {};
@@ -201,3 +242,60 @@ def test_lexicons_js_calls_subscribes_and_reports_errors(daemon, browser):
     assert out["subscribed"] == "public" and out["channels"] == ["public"]
     assert out["after"] == []
     assert out["closed"] == ["ConnectionError", "not connected"]
+
+
+
+FITS = """() => {
+  // Controls and names a person must see whole: none may stick out of the window or be
+  // cut off by a scrolling or clipping box around it, and no name may end in an ellipsis.
+  const width = window.innerWidth;
+  const name = (node) => node.id || node.textContent.trim() || node.placeholder;
+  const shown = [...document.querySelectorAll(
+    "#chat-view button, #chat-view input, .item, .bar button")]
+    .filter((node) => node.offsetParent !== null);
+  const clipped = [];
+  for (const node of shown) {
+    const box = node.getBoundingClientRect();
+    if (box.left < 0 || box.right > width + 0.5) { clipped.push(name(node)); continue; }
+    for (let up = node.parentElement; up; up = up.parentElement) {
+      const style = getComputedStyle(up);
+      if (style.overflowX === "visible" && style.overflow === "visible") continue;
+      const outer = up.getBoundingClientRect();
+      if (box.left < outer.left - 0.5 || box.right > outer.right + 0.5) {
+        clipped.push(name(node));
+        break;
+      }
+    }
+  }
+  const cut = [...document.querySelectorAll(".item .name")]
+    .filter((node) => node.scrollWidth > node.clientWidth + 1).map(name);
+  return {scroll: document.scrollingElement.scrollWidth, width, clipped, cut};
+}"""
+
+
+@pytest.mark.parametrize("width", [375, 420])
+def test_chat_is_usable_at_phone_width(daemon, browser, shots, width):
+    """On a phone-sized window nothing is clipped: rooms, people and the composer fit, work."""
+    page = browser.new_context(viewport={"width": width, "height": 740},
+                               device_scale_factor=2).new_page()
+    page.set_default_timeout(WAIT)
+    page.goto(daemon.url)
+    expect(page.locator("#login-form")).to_be_in_viewport()
+    page.screenshot(path=str(shots / f"phone-{width}-login.png"))
+    enter(page, "henry", "phone1234")
+    expect(page.locator("#room-title")).to_have_text("#lobby")
+    for room in ("garden", "kitchen", "library-of-alexandria"):
+        page.fill("#room-name", room)
+        page.press("#room-name", "Enter")
+        expect(page.locator("#room-title")).to_have_text(f"#{room}")
+    page.locator("#rooms [data-room=lobby]").click()
+    expect(page.locator("#room-title")).to_have_text("#lobby")
+    say(page, "typed on a phone")
+    expect(page.locator("#messages .message").last).to_contain_text("typed on a phone")
+    fits = page.evaluate(FITS)
+    assert fits["scroll"] <= fits["width"], fits
+    assert fits["clipped"] == [] and fits["cut"] == [], fits
+    for selector in ("#rooms [data-room=library-of-alexandria]", "#online li", "#text",
+                     "#composer button", "#logout", "#room-name"):
+        expect(page.locator(selector)).to_be_in_viewport()
+    page.screenshot(path=str(shots / f"phone-{width}-chat.png"))

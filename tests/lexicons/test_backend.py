@@ -37,7 +37,7 @@ def test_headers_forwarded():
         {"cookie": "sessionid=s; csrftoken=c", "user-agent": "UA/1", "x-real-ip": "10.1.2.3",
          "host": "example"},
         {"token": "T0K"}, {"X-Extra": "1"}, client_address="127.0.0.1")
-    assert headers == {"Accept": "application/json", "Cookie": "sessionid=s; csrftoken=c",
+    assert headers == {"Accept": "*/*", "Cookie": "sessionid=s; csrftoken=c",
                        "X-CSRFToken": "c", "User-Agent": "UA/1", "X-Real-IP": "10.1.2.3",
                        "Authorization": "Token T0K", "X-Extra": "1"}
 
@@ -45,26 +45,56 @@ def test_headers_forwarded():
 def test_headers_minimal_and_extra_wins():
     """Absent client headers are not invented (X-Real-IP falls back to the peer address)."""
     headers = bootstrap_headers({}, {}, {"Authorization": "Bearer fixed"}, "192.0.2.7")
-    assert headers == {"Accept": "application/json", "X-Real-IP": "192.0.2.7",
+    assert headers == {"Accept": "*/*", "X-Real-IP": "192.0.2.7",
                        "Authorization": "Bearer fixed"}
-    assert bootstrap_headers({}, {"token": ""}, {}) == {"Accept": "application/json"}
+    assert bootstrap_headers({}, {"token": ""}, {}) == {"Accept": "*/*"}
+
+
+def test_empty_csrftoken_is_forwarded_empty():
+    """An empty csrftoken cookie is still forwarded (empty), as high-templar 3.1.0 does."""
+    headers = bootstrap_headers({"cookie": "csrftoken=; sessionid=s"}, {}, {})
+    assert headers["X-CSRFToken"] == ""
+
+
+NOT_OBJECT = "backend answer is not a JSON object"
+BAD_ROOMS = "backend's allowed_rooms is not a list of objects"
 
 
 @pytest.mark.parametrize("status, body, expected", [
     (200, b'{"allowed_rooms": [{"a": 1}]}', Authorization(True, [{"a": 1}])),
     (200, b'{"allowed_rooms": []}', Authorization(True, [])),
+    # high-templar 3.1.0 reads answer.get('allowed_rooms', []): no key, no rooms
+    (200, b'{"user": 1}', Authorization(True, [])),
+    (200, b"{}", Authorization(True, [])),
+    (200, b'{"allowed_rooms": ""}', Authorization(True, [])),
+    (200, b'{"allowed_rooms": {}}', Authorization(True, [])),
+    (200, b'{"allowed_rooms": [{"a": 1}, {"a": 1}, {"b": 2}]}',
+     Authorization(True, [{"a": 1}, {"b": 2}])),
     (403, b'{"allowed_rooms": []}', Authorization(False, reason="backend answered 403")),
     (500, b"", Authorization(False, reason="backend answered 500")),
     (200, b"nope", Authorization(False, reason="backend answer is not JSON")),
     (200, b"\xff", Authorization(False, reason="backend answer is not JSON")),
-    (200, b"[]", Authorization(False, reason="backend answer has no allowed_rooms")),
-    (200, b'{"user": 1}', Authorization(False, reason="backend answer has no allowed_rooms")),
-    (200, b'{"allowed_rooms": [1]}',
-     Authorization(False, reason="backend's allowed_rooms is not a list of objects")),
+    (200, b"", Authorization(False, reason=NOT_OBJECT)),
+    (200, b"[]", Authorization(False, reason=NOT_OBJECT)),
+    (200, b'"x"', Authorization(False, reason=NOT_OBJECT)),
+    (200, b"null", Authorization(False, reason=NOT_OBJECT)),
+    (200, b'{"allowed_rooms": [1]}', Authorization(False, reason=BAD_ROOMS)),
+    (200, b'{"allowed_rooms": null}', Authorization(False, reason=BAD_ROOMS)),
+    (200, b'{"allowed_rooms": "everything"}', Authorization(False, reason=BAD_ROOMS)),
 ])
 def test_verdict(status, body, expected):
-    """Only a 200 JSON object with allowed_rooms as a list of objects authorizes."""
+    """A 200 JSON object authorizes, its allowed_rooms (missing: none) being its rooms."""
     assert verdict(status, body) == expected
+
+
+@pytest.mark.parametrize("content_type, authorized", [
+    ("application/json", True), ("application/json; charset=utf-8", True),
+    ("application/problem+json", True), ("Application/JSON", True),
+    ("text/html", False), ("text/plain", False), ("", False),
+])
+def test_verdict_needs_a_json_content_type(content_type, authorized):
+    """As with high-templar 3.1.0's HTTP client, only a JSON content type is read."""
+    assert verdict(200, b"{}", content_type).authorized is authorized
 
 
 def test_bootstrap_ok_sends_the_headers(backend):
@@ -79,15 +109,40 @@ def test_bootstrap_ok_sends_the_headers(backend):
 
 @pytest.mark.parametrize("path, reason", [
     ("/forbidden", "backend answered 403"),
-    ("/garbage", "backend answer is not JSON"),
-    ("/norooms", "backend answer has no allowed_rooms"),
+    ("/garbage", "backend answer is text/html, not application/json"),
+    ("/plain", "backend answer is text/plain, not application/json"),
     ("/badrooms", "backend's allowed_rooms is not a list of objects"),
-    ("/redirect", "backend answered 302"),
+    ("/loop", "backend redirected more than 10 times"),
     ("/missing", "backend answered 404"),
 ])
 def test_bootstrap_refusals(backend, path, reason):
     """Every answer but a good 200 refuses the client, saying why."""
     assert bootstrap(backend.url(path), {}, 2.0) == Authorization(False, reason=reason)
+
+
+def test_bootstrap_no_allowed_rooms_authorizes_with_none(backend):
+    """A 200 JSON object without allowed_rooms authorizes with no rooms (3.1.0)."""
+    assert bootstrap(backend.url("/norooms"), {}, 2.0) == Authorization(True, [])
+
+
+def test_bootstrap_follows_redirects(backend):
+    """A redirect is followed, with the forwarded headers, as high-templar's client does."""
+    auth = bootstrap(backend.url("/redirect"), {"Authorization": "Token T", "Cookie": "a=1"},
+                     2.0)
+    assert auth == Authorization(True, ROOMS)
+    assert [path for path, _ in backend.requests] == ["/redirect", "/ok"]
+    assert backend.headers_of()["authorization"] == "Token T"
+    assert backend.headers_of()["cookie"] == "a=1"
+
+
+def test_redirect_to_another_origin_drops_authorization(backend):
+    """Authorization is not sent on to another origin; the cookie and the rest are."""
+    with Backend() as other:
+        auth = bootstrap(backend.url(f"/away?to={other.url('/ok')}"),
+                         {"Authorization": "Token T", "Cookie": "a=1"}, 2.0)
+        assert auth == Authorization(True, ROOMS)
+        seen = other.headers_of()
+        assert "authorization" not in seen and seen["cookie"] == "a=1"
 
 
 def test_bootstrap_too_big(backend):
@@ -141,3 +196,44 @@ def test_slow_bootstrap_does_not_hold_others(backend):
     assert results["fast"][1] - started < 1.0
     slow.join(5)
     assert not results["slow"][0].authorized
+
+
+def test_header_sources_as_high_templars_connection_headers():
+    """BACKEND_HEADERS take values from a query parameter, a header or a cookie, formatted."""
+    extra = {"X-Session-Token": {"param": "session_token"},
+             "X-Forwarded-Host": {"header": "Host"},
+             "X-Session": {"cookie": "sessionid", "format": "Session {}"},
+             "X-Missing": {"param": "nope"},
+             "authorization": {"param": "key", "format": "Bearer {}"},
+             "X-Fixed": "1"}
+    headers = bootstrap_headers({"cookie": "sessionid=abc", "host": "front:80"},
+                                {"session_token": "st", "token": "T", "key": "K"}, extra)
+    assert headers == {"Accept": "*/*", "Cookie": "sessionid=abc", "X-Session-Token": "st",
+                       "X-Forwarded-Host": "front:80", "X-Session": "Session abc",
+                       "authorization": "Bearer K", "X-Fixed": "1"}
+    # a source without a value replaces the default all the same: no Authorization at all
+    assert "Authorization" not in bootstrap_headers({}, {"token": "T"},
+                                                    {"Authorization": {"param": "key"}})
+
+
+@pytest.mark.parametrize("spec", [5, {"param": 1}, {"param": "a", "cookie": "b"}, {},
+                                  {"param": "a", "format": "no placeholder"},
+                                  {"param": "a", "format": "{0} {1}"}, {"query": "a"}])
+def test_bad_header_specs_are_bad_settings(spec):
+    """A BACKEND_HEADERS value that is neither a string nor a known source is refused."""
+    from lexicons import settings
+    from lexicons.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="BACKEND_HEADERS: header 'X'"):
+        settings.load(None, env={}, overrides={"BACKEND_HEADERS": {"X": spec}})
+
+
+def test_bootstrap_through_a_unix_socket(tmp_path):
+    """BOOTSTRAP_SOCKET reaches the backend over a UNIX socket; the URL gives path and Host."""
+    path = str(tmp_path / "backend.sock")
+    with Backend(unix_path=path) as unix_backend:
+        auth = bootstrap("http://api.internal/ok", {"Cookie": "a=1"}, 2.0, unix_socket=path)
+        assert auth == Authorization(True, ROOMS)
+        seen = unix_backend.headers_of()
+        assert seen["host"] == "api.internal" and seen["cookie"] == "a=1"
+    assert not bootstrap("http://api.internal/ok", {}, 1.0, unix_socket=path).authorized

@@ -81,7 +81,8 @@ def test_reload_applies_live_settings(tmp_path):
     path = tmp_path / "settings.py"
     path.write_text(f"LOCK_FILE = {str(tmp_path / 'l.pid')!r}\n"
                     f"CONTROL_SOCKET = {str(tmp_path / 'c.sock')!r}\n"
-                    f"LOG_PATH = {str(tmp_path / 'l.log')!r}\nLOG_LEVEL = 'INFO'\n")
+                    f"LOG_PATH = {str(tmp_path / 'l.log')!r}\nLOG_LEVEL = 'INFO'\n"
+                    f"DATA_DIR = {str(tmp_path / 'data')!r}\nPORT = 0\n")
     from lexicons import settings as settings_mod
 
     settings = settings_mod.load(str(path), env={})
@@ -90,7 +91,7 @@ def test_reload_applies_live_settings(tmp_path):
         result = daemon.reload()
         assert result == {"applied": ["LOG_LEVEL"], "restart_needed": ["PORT"]}
         assert daemon.manager.settings.LOG_LEVEL == "DEBUG"
-        assert daemon.manager.settings.PORT == 5000
+        assert daemon.manager.settings.PORT == 0
 
 
 def _notify_socket(tmp_path):
@@ -181,7 +182,7 @@ def test_reload_keeps_in_code_overrides_and_base_dir(tmp_path, monkeypatch):
 
     path = tmp_path / "settings.py"
     path.write_text("LOG_LEVEL = 'INFO'\nLOCK_FILE = 'l.pid'\nCONTROL_SOCKET = 'c.sock'\n"
-                    "LOG_PATH = 'l.log'\n")
+                    "LOG_PATH = 'l.log'\nPORT = 0\n")
     settings = settings_mod.load(str(path), env={}, base_dir=str(tmp_path),
                                  overrides={"TRUST": ["10.0.0.0/8"]})
     monkeypatch.chdir("/")  # as a daemon does

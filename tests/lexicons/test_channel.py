@@ -74,3 +74,16 @@ def test_star_matches_any_run_of_characters():
     """'*' matches anything (even ':'), other characters match themselves."""
     assert matches("*", "x:y") and matches("room:*", "room:") and matches("a*c", "abbc")
     assert not matches("room:*", "rooms:x") and not matches("a.c", "abc")
+
+
+def test_the_default_permit_takes_an_auth_of_any_value():
+    """ws.auth may be a pk string (or anything): the default permit lets it in."""
+    class Pk:
+        auth = "8e0ca4cfb144f1fc"
+
+    class Nothing:
+        auth = None
+
+    for ws in (Pk(), Nothing()):
+        assert CHANNELS.check(ws, "public").params == {}
+        assert CHANNELS.check(ws, "room:a").params == {"name": "a"}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from lexicons.errors import (
     ValidationError,
 )
 from lexicons.passwords import hash_password
+from lexicons.utils import encrypt
 
 
 class Team(Model):
@@ -496,3 +498,158 @@ def test_large_reads_pause_the_collector_and_restore_it(db):
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+# --- stored properties (the original API's password field) -----------------------------
+
+
+class Member(Model):
+    email: str
+
+    @property
+    def password(self):
+        return self._password
+
+    @password.setter
+    def password(self, raw):
+        self._password = encrypt(raw)
+
+
+class Badge(Model):
+    _level: int = 1
+
+    @property
+    def level(self):
+        return self._level
+
+    @level.setter
+    def level(self, value):
+        self._level = value      # checked against the annotation of _level
+
+
+@pytest.fixture
+def members():
+    return Database([Member, Badge])
+
+
+def test_a_stored_property_is_a_queryable_column_holding_what_its_setter_stored(members):
+    """password='raw' stores encrypt('raw') in the column `password`; get by the hash finds it."""
+    row = members.create("Member", email="a@example.com", password="raw")
+    assert row.password == encrypt("raw")
+    assert list(members.Member.columns) == ["pk", "email", "password"]
+    assert members.Member["password"].tolist() == [encrypt("raw")]
+    found = members.get("Member", email="a@example.com", password=encrypt("raw"))
+    assert found == row and found.password == encrypt("raw")
+    assert members.get("Member", email="a@example.com", password="raw") is None
+    assert members.query(Member, password=encrypt("raw")).pks == [row.pk]
+
+
+def test_a_stored_property_is_set_again_through_its_setter_only(members):
+    """update(password=raw) runs the setter once; writing an instance back does not re-hash."""
+    row = members.create(Member, email="a@example.com", password="one")
+    members.update(Member, row.pk, password="two")
+    assert members.get(Member, row.pk).password == encrypt("two")
+    row = members.get(Member, row.pk)
+    row.password = "three"
+    members.update(Member, row)
+    assert members.get(Member, row.pk).password == encrypt("three")
+    members.update(Member, row)            # the stored hash as it is, not hashed again
+    assert members.get(Member, row.pk).password == encrypt("three")
+    again, created = members.get_or_create(Member, email="b@example.com",
+                                           defaults={"password": "four"})
+    assert created and again.password == encrypt("four")
+
+
+def test_a_stored_property_takes_its_type_and_default_from_the_private_annotation(members):
+    """`_level: int = 1` makes an int column `level` with default 1, type-checked."""
+    assert members.create(Badge).level == 1
+    assert members.create(Badge, level=7).level == 7
+    assert members.Badge["level"].dtype == "int64"
+    with pytest.raises(ValidationError, match="Badge.level: expected int"):
+        members.create(Badge, level="high")
+    assert members.count(Badge, level__ge=5) == 1
+
+
+def test_encrypt_is_deterministic():
+    """encrypt gives the same hex hash for the same text, another for another text."""
+    assert encrypt("secret") == encrypt("secret") != encrypt("Secret")
+    assert len(encrypt("")) == 64 and int(encrypt("x"), 16) >= 0
+    with pytest.raises(TypeError):
+        encrypt(b"bytes")
+
+
+# --- transactions -----------------------------------------------------------------------
+
+
+class Recorder:
+    """A journal that records what it is handed."""
+
+    def __init__(self):
+        self.records = []
+
+    def append(self, record):
+        self.records.append(record)
+        return len(self.records)
+
+    def wait(self, seq):
+        pass
+
+
+def test_a_transaction_that_raises_leaves_nothing_behind(db, people):
+    """Creates, updates and drops in a failed transaction are undone and never journaled."""
+    red, blue, (ann, bob, cid, dee) = people
+    db.journal = Recorder()
+    order = db.query(Person).pks
+    with pytest.raises(RuntimeError):
+        with db.transaction():
+            db.create(Person, name="eve", team=red)
+            db.update(Person, ann, age=99, tags=["changed"])
+            db.drop(Person, bob)
+            assert db.get(Person, bob.pk) is None and db.count(Person) == 4   # own writes
+            raise RuntimeError("after three writes")
+    assert db.journal.records == []
+    assert db.query(Person).pks == order      # a dropped row comes back in its place
+    assert db.get(Person, ann.pk) == ann and db.get(Person, bob.pk) == bob
+    assert db.count(Person, name="eve") == 0 and db.count(Person, age=25) == 2
+
+
+def test_a_transaction_that_ends_journals_its_writes_in_order(db, people):
+    """A block without an exception keeps its writes; the journal gets them at its end."""
+    red, blue, (ann, *_) = people
+    db.journal = Recorder()
+    with db.transaction():
+        eve = db.create(Person, name="eve")
+        with db.transaction():            # inside another: part of the outer one
+            db.update(Person, eve, age=5)
+        assert db.journal.records == []
+    assert [r[0] for r in db.journal.records] == ["c", "u"]
+    assert db.get(Person, eve.pk).age == 5
+
+
+def test_other_writers_wait_for_a_transaction_readers_do_not(db, people):
+    """From its first write to its end, a transaction keeps other threads' writes out."""
+    red, blue, (ann, *_) = people
+    db.journal = Recorder()
+    wrote = threading.Event()
+    done = []
+
+    def other():
+        wrote.wait(5)
+        assert db.get(Person, ann.pk) is not None       # a read goes through at once
+        done.append("read")
+        db.update(Person, ann, age=1)
+        done.append("write")
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    with db.transaction():
+        db.update(Person, ann, age=50)
+        wrote.set()
+        deadline = time.monotonic() + 5
+        while "read" not in done and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        assert done == ["read"]
+    thread.join(5)
+    assert done == ["read", "write"] and db.get(Person, ann.pk).age == 1
+    assert [r[3] for r in db.journal.records] == [{"age": 50}, {"age": 1}]

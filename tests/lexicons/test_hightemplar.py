@@ -14,9 +14,15 @@ from lexicons.hightemplar import (
     Status,
     StatusAsked,
     Trigger,
+    allowed_rooms_of,
     error,
     id_json,
+    id_key,
+    is_pattern,
+    matches,
+    parse_pattern_message,
     parse_trigger,
+    pattern_message,
     permitted,
     publish_message,
     publish_payload,
@@ -79,18 +85,49 @@ def test_permission_values_equal_or_wildcard():
     assert not permitted({"target": "*", "customer": "1"}, ALLOWED)  # "*" only on the allowed side
 
 
-def test_permission_keeps_booleans_and_numbers_apart():
-    """true is not 1 and false is not 0 when comparing room values."""
-    assert not permitted({"flag": 1}, [{"flag": True}])
-    assert not permitted({"flag": False}, [{"flag": 0}])
+def test_permission_compares_values_as_high_templar():
+    """Values compare with Python's == as in high-templar 3.1.0: true is 1, 1.0 is 1."""
+    assert permitted({"flag": 1}, [{"flag": True}])
+    assert permitted({"flag": False}, [{"flag": 0}])
     assert permitted({"flag": True}, [{"flag": True}])
     assert permitted({"n": 1.0}, [{"n": 1}])
+    assert not permitted({"n": "1"}, [{"n": 1}])
 
 
 def test_permission_refuses_non_objects():
     """A room that is not a JSON object is never permitted."""
     for room in (None, "room", ["target"], 5):
         assert not permitted(room, ALLOWED)
+
+
+def test_allowed_rooms_of_reads_as_high_templar():
+    """Missing allowed_rooms (or an empty string or object) is none; repeats are kept once."""
+    assert allowed_rooms_of({}) == []
+    assert allowed_rooms_of({"allowed_rooms": ""}) == []
+    assert allowed_rooms_of({"allowed_rooms": {}}) == []
+    assert allowed_rooms_of({"allowed_rooms": [{"a": 1, "b": 2}, {"b": 2, "a": 1}]}) == [
+        {"a": 1, "b": 2}]
+    for bad in (None, "x", [1], {"a": 1}, 5):
+        assert allowed_rooms_of({"allowed_rooms": bad}) is None
+
+
+def test_a_trigger_pattern_matches_rooms_with_the_same_keys():
+    """A "*" value in a trigger's room matches any value; other values must be equal."""
+    pattern = {"target": "user", "id": "*"}
+    assert is_pattern(pattern) and not is_pattern({"target": "user", "id": 7})
+    assert matches(pattern, {"id": 7, "target": "user"})
+    assert matches(pattern, {"target": "user", "id": "x"})
+    assert not matches(pattern, {"target": "message", "id": 7})
+    assert not matches(pattern, {"target": "user", "id": 7, "extra": 1})
+    assert not matches(pattern, {"target": "user"})
+    assert matches({"flag": 1, "x": "*"}, {"flag": True, "x": 0})  # Python ==, as 3.1.0
+
+
+def test_pattern_message_round_trips_the_room_and_the_data_bytes():
+    """A pattern publish carries its room and the data exactly, even with newlines."""
+    room = {"name": "a\nb", "id": "*"}
+    data = b'{"text":"line\\nbreak"}'
+    assert parse_pattern_message(pattern_message(room, data)) == (room, data)
 
 
 def test_valid_allowed_rooms():
@@ -128,7 +165,7 @@ def test_subscribe_success():
     s = session()
     room = {"customer": "1", "target": "message"}
     actions = subscribe(s, room, "7")
-    assert actions == [Joined(room_key(room), room, "7"), Reply('{"code":"success"}')]
+    assert actions == [Joined(room_key(room), room, "7"), Reply('{"code": "success"}')]
     assert list(s.subscriptions.values())[0].request_id == "7"
 
 
@@ -149,14 +186,35 @@ def test_subscribe_without_room():
 
 
 def test_subscribe_without_request_id():
-    """A subscribe without requestId (or with null) answers no-request-id."""
+    """A subscribe without the requestId key answers no-request-id."""
     s = session()
     room = {"target": "message", "customer": "1"}
     assert replies(subscribe(s, room, None)) == [{"code": "error", "message": "no-request-id"}]
-    assert replies(s.receive(json.dumps({"type": "subscribe", "room": room,
-                                         "requestId": None}))) == [
-        {"code": "error", "message": "no-request-id"}]
     assert s.subscriptions == {}
+
+
+def test_null_request_id_is_an_id():
+    """requestId null is an id like any other, as high-templar 3.1.0 tests for the key."""
+    s = session()
+    room = {"target": "message", "customer": "1"}
+    assert replies(s.receive(json.dumps({"type": "subscribe", "room": room,
+                                         "requestId": None}))) == [{"code": "success"}]
+    assert replies(s.receive('{"type":"unsubscribe","requestId":null}')) == [
+        {"code": "success"}]
+
+
+def test_request_ids_compare_as_high_templar():
+    """1, 1.0 and true are one request id (Python's ==); "1" is another."""
+    assert id_key(1) == id_key(1.0) == id_key(True)
+    assert id_key(0) == id_key(False)
+    assert id_key("1") != id_key(1)
+    s = session()
+    room = {"target": "message", "customer": "1"}
+    subscribe(s, room, 1)
+    assert replies(subscribe(s, room, 1.0)) == [{"code": "success"}]
+    assert len(s.subscriptions) == 1
+    assert replies(s.receive('{"type":"unsubscribe","requestId":true}')) == [
+        {"code": "success"}]
 
 
 def test_numeric_request_ids_work_and_differ_from_strings():
@@ -179,14 +237,28 @@ def test_two_subscriptions_of_one_room():
     assert sorted(sub.request_id for sub in s.subscriptions.values()) == ["a", "b"]
 
 
-def test_resubscribe_same_request_id_moves_it():
-    """Subscribing again under a requestId leaves the old room first."""
+def test_one_request_id_may_name_two_rooms():
+    """Subscribing another room under a requestId keeps both (3.1.0); unsubscribe ends one."""
     s = session()
     first = {"target": "message", "customer": "1"}
     second = {"target": "user", "id": 3}
     subscribe(s, first, "x")
     actions = subscribe(s, second, "x")
-    assert actions[:2] == [Left(room_key(first), "x"), Joined(room_key(second), second, "x")]
+    assert actions == [Joined(room_key(second), second, "x"), Reply('{"code": "success"}')]
+    assert len(s.subscriptions) == 2
+    assert s.receive('{"type":"unsubscribe","requestId":"x"}')[0] == Left(room_key(first), "x")
+    assert s.receive('{"type":"unsubscribe","requestId":"x"}')[0] == Left(room_key(second), "x")
+    assert replies(s.receive('{"type":"unsubscribe","requestId":"x"}')) == [
+        {"code": "error", "message": "not-subscribed"}]
+
+
+def test_same_subscription_twice_is_one():
+    """The same room under the same requestId again answers success and stays one."""
+    s = session()
+    room = {"target": "message", "customer": "1"}
+    subscribe(s, room, "x")
+    assert subscribe(s, dict(reversed(list(room.items()))), "x") == [
+        Reply('{"code": "success"}')]
     assert len(s.subscriptions) == 1
 
 
@@ -196,7 +268,7 @@ def test_unsubscribe_success():
     room = {"target": "message", "customer": "1"}
     subscribe(s, room, "1")
     actions = s.receive('{"type":"unsubscribe","requestId":"1"}')
-    assert actions == [Left(room_key(room), "1"), Reply('{"code":"success"}')]
+    assert actions == [Left(room_key(room), "1"), Reply('{"code": "success"}')]
     assert s.subscriptions == {}
 
 
@@ -219,10 +291,12 @@ def test_status_is_asked_of_the_driver():
 
 def test_status_reply_shape():
     """The status reply carries the connection, room and message counters."""
-    reply = json.loads(status_reply(Status(3, 2, "2024-01-02T03:04:05+00:00", 10, 9, 1)))
+    reply = json.loads(status_reply(Status(3, 2, "2024-01-02T03:04:05.000001", 4, 10, 9, 1)))
     assert reply == {"open_connections": 3, "num_rooms": 2,
-                     "online_since": "2024-01-02T03:04:05+00:00",
-                     "messages": {"received": 10, "sent": 9, "failed": 1}}
+                     "online_since": "2024-01-02T03:04:05.000001",
+                     "rabbitmq_messages_received": 4, "ws_messages_received": 10,
+                     "ws_messages_send": 9, "ws_messages_send_error": 1,
+                     "ws_messages_send_queued": 0}
 
 
 @pytest.mark.parametrize("text", ['{"type":"publish","data":1}', '{"type":"nope"}', "{}",
@@ -241,17 +315,28 @@ def test_non_json_text(text):
         {"requestId": CID, "code": "error", "message": "non-json-message"}]
 
 
-def test_binary_is_non_json():
-    """A binary message answers non-json-message."""
+def test_binary_is_read_as_json():
+    """A binary message is read as JSON (3.1.0 hands it to json.loads); b"ping" is not ping."""
     assert replies(session().receive_binary(b"\x01\x02")) == [
         {"requestId": CID, "code": "error", "message": "non-json-message"}]
+    assert replies(session().receive_binary(b"ping")) == [
+        {"requestId": CID, "code": "error", "message": "non-json-message"}]
+    assert session().receive_binary(b'{"type":"status"}') == [StatusAsked()]
+
+
+def test_replies_are_the_bytes_high_templar_sends():
+    """Replies are encoded as 3.1.0's json.dumps: ", " and ": " separators, ASCII escapes."""
+    assert welcome([{"a": "é"}]) == '{"is_authorized": true, "allowed_rooms": [{"a": "\\u00e9"}]}'
+    assert refusal() == '{"is_authorized": false}'
+    assert publish_message({"t": "é"}, "a") == (
+        '{"type": "publish", "data": {"t": "\\u00e9"}, "requestId": "a"}')
 
 
 def test_error_reply_key_order():
     """Errors naming the connection put requestId first, as high-templar sent them."""
     assert error("non-json-message", "abc", with_id=True) == (
-        '{"requestId":"abc","code":"error","message":"non-json-message"}')
-    assert error("no-request-id") == '{"code":"error","message":"no-request-id"}'
+        '{"requestId": "abc", "code": "error", "message": "non-json-message"}')
+    assert error("no-request-id") == '{"code": "error", "message": "no-request-id"}'
 
 
 def test_close_leaves_every_room():
@@ -290,7 +375,7 @@ def test_trigger_parses():
     """A trigger body with rooms and data gives both; data may be null."""
     t = parse_trigger(b'{"rooms":[{"target":"message"}],"data":{"x":1}}')
     assert t == Trigger([{"target": "message"}], {"x": 1})
-    assert t.data_json == b'{"x":1}'
+    assert t.data_json == b'{"x": 1}'
     assert parse_trigger('{"rooms":[],"data":null}') == Trigger([], None)
 
 

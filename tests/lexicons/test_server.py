@@ -1,4 +1,5 @@
 """The in-code API: Server(...) with managers, start/stop, and `python main.py run`."""
+import contextlib
 import os
 import re
 import signal
@@ -96,13 +97,25 @@ if __name__ == "__main__":
 """
 
 
-def test_python_main_py_run(tmp_path):
-    """`python main.py run --port 0` serves in the foreground until SIGTERM, then exits 0."""
-    (tmp_path / "main.py").write_text(textwrap.dedent(MAIN.format(root=ROOT)))
+@contextlib.contextmanager
+def main_py_run(tmp_path, main: str):
+    """Run `python main.py run --port 0` in *tmp_path*; kill it if the test did not stop it."""
+    (tmp_path / "main.py").write_text(main)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEXICONS_")}
     process = subprocess.Popen([sys.executable, "main.py", "run", "--port", "0"], cwd=tmp_path,
                                stderr=subprocess.PIPE, text=True, env=env)
     try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        process.stderr.close()
+
+
+def test_python_main_py_run(tmp_path):
+    """`python main.py run --port 0` serves in the foreground until SIGTERM, then exits 0."""
+    with main_py_run(tmp_path, textwrap.dedent(MAIN.format(root=ROOT))) as process:
         port = None
         for line in process.stderr:
             found = re.search(r"listening on ws://127\.0\.0\.1:(\d+)", line)
@@ -114,8 +127,21 @@ def test_python_main_py_run(tmp_path):
             assert client.call("Echo", data=[1]) == [1]
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-        process.stderr.close()
+
+
+def test_python_main_py_run_says_where_it_listens_and_logs(tmp_path):
+    """With the log in a file, `python main.py run` still says its address and its log."""
+    main = textwrap.dedent(MAIN.format(root=ROOT)).replace('"LOG_PATH": "-"',
+                                                           '"LOG_PATH": "main.log"')
+    with main_py_run(tmp_path, main) as process:
+        line = process.stderr.readline()
+        found = re.fullmatch(r"lexicons: listening on ws://127\.0\.0\.1:(\d+)/; log: (.+); "
+                             r"data: (.+) \(Ctrl-C stops\)\n", line)
+        assert found, line
+        assert found.group(2) == str(tmp_path / "main.log")
+        assert found.group(3) == str(tmp_path / "data")
+        with Client(f"ws://127.0.0.1:{found.group(1)}/") as client:
+            assert client.call("Echo", data=[1]) == [1]
+        assert "listening on" in (tmp_path / "main.log").read_text()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0

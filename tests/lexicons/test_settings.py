@@ -102,3 +102,22 @@ def test_reference_table_lists_every_setting():
     table = settings.reference_table()
     for name in settings.DECLARED:
         assert f"`{name}`" in table
+
+
+def test_paths_of_a_settings_file_resolve_against_its_directory(tmp_path, monkeypatch):
+    """A file's relative paths and the defaults are relative to the file, wherever one runs."""
+    app = tmp_path / "srv" / "app"
+    app.mkdir(parents=True)
+    (app / "settings.py").write_text("LOCK_FILE = 'run/lexiconsd.pid'\nDATA_DIR = 'data'\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    s = settings.load(str(app / "settings.py"), env={"LEXICONS_LOG_PATH": "x.log"},
+                      overrides={"CONTROL_SOCKET": "c.sock"})
+    assert s.LOCK_FILE == str(app / "run" / "lexiconsd.pid")
+    assert s.DATA_DIR == str(app / "data")
+    assert s.LOG_PATH == str(elsewhere / "x.log")          # the environment: where one runs
+    assert s.CONTROL_SOCKET == str(elsewhere / "c.sock")   # so are explicit overrides
+    relative = settings.load("../srv/app/settings.py", env={})
+    assert relative.LOCK_FILE == s.LOCK_FILE
+    assert relative.CONTROL_SOCKET == str(app / "lexiconsd.sock")  # a default: by the file

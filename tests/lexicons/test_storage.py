@@ -144,7 +144,7 @@ def test_snapshot_writes_only_changed_tables_and_cuts_the_journal(tmp_path):
     assert sorted(n for n in os.listdir(tmp_path) if n.startswith("journal")) == [
         "journal.000003"]
     storage.close()
-    assert sorted(os.listdir(tmp_path)) == ["Club.csv", "Kitchen.csv"]
+    assert sorted(os.listdir(tmp_path)) == ["Club.csv", "Kitchen.csv", "lexicons.lock"]
 
 
 def write_csv(tmp_path, name: str, text: str) -> bytes:
@@ -185,7 +185,7 @@ def test_damaged_csv_stops_loading_and_is_left_alone(tmp_path, row, where):
     with pytest.raises(StorageError, match=f"Kitchen.csv.*{where}"):
         fresh(str(tmp_path))
     assert (tmp_path / "Kitchen.csv").read_bytes() == before
-    assert sorted(os.listdir(tmp_path)) == ["Kitchen.csv"]
+    assert sorted(os.listdir(tmp_path)) == ["Kitchen.csv", "lexicons.lock"]
 
 
 @pytest.mark.parametrize("garbage, damaged", [
@@ -289,7 +289,7 @@ def test_snapshot_is_atomic_and_leaves_no_temporary_file(tmp_path):
     db, storage = fresh(str(tmp_path))
     db.create(Club, name="x")
     storage.snapshot()
-    assert sorted(os.listdir(tmp_path)) == ["Club.csv"]
+    assert sorted(os.listdir(tmp_path)) == ["Club.csv", "lexicons.lock"]
 
 
 class Reading(Model):
@@ -365,3 +365,49 @@ def test_concurrent_snapshots_are_serialised_and_files_private(tmp_path):
     assert db2.count(Club) == count
     storage2.close()
     assert stat.S_IMODE(os.stat(tmp_path / "Club.csv").st_mode) == 0o600
+
+
+HOLDER = """
+import sys
+from lexicons import Database
+from lexicons.storage import Storage
+storage = Storage(Database([]), sys.argv[1])
+storage.load()
+print("held", flush=True)
+sys.stdin.read()
+storage.close()
+"""
+
+
+def test_a_data_dir_held_by_another_process_is_refused(tmp_path):
+    """Another process holding DATA_DIR refuses this one, naming its pid; free once it ends."""
+    import subprocess
+    import sys
+
+    from lexicons.errors import LockError
+
+    data = tmp_path / "data"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(data)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockError) as refused:
+            Storage(Database([]), str(data)).load()
+        assert f"is in use by another process (pid {holder.pid}," in str(refused.value)
+        assert os.listdir(data) == ["lexicons.lock"]  # nothing read, nothing written
+    finally:
+        holder.communicate("", timeout=30)
+    storage = Storage(Database([]), str(data))
+    storage.load()
+    storage.close()
+
+
+def test_one_process_may_open_its_data_dir_twice(tmp_path):
+    """Within one process (a service restarted in place) the directory lock is shared."""
+    first = Storage(Database([]), str(tmp_path))
+    first.load()
+    second = Storage(Database([]), str(tmp_path))
+    second.load()
+    second.close()
+    first.close()
+    assert (tmp_path / "lexicons.lock").read_text() == ""  # released: no owner named

@@ -149,3 +149,72 @@ def test_run_must_be_defined():
 
     with pytest.raises(NotImplementedError, match="Lazy"):
         Lazy().run(db=None, sv=None)
+
+
+# --- the original API's names: execute, async execute, set() ----------------------------
+
+
+def test_perform_calls_execute_with_the_names_it_takes():
+    """execute is the task's body when defined; it gets db and sv if it names them."""
+    seen = []
+
+    class Named(Task.Startup):
+        def execute(self, db):
+            seen.append(("execute", db))
+
+    class Everything(Task.Shutdown):
+        def execute(self, **kwargs):
+            seen.append(("kwargs", kwargs))
+
+    class Old(Task.Startup):
+        def run(self, db, sv):
+            seen.append(("run", db, sv))
+
+    for task in (Named(), Everything(), Old()):
+        tasks.perform(task, "DB", "SV")
+    assert seen == [("execute", "DB"), ("kwargs", {"db": "DB", "sv": "SV"}),
+                    ("run", "DB", "SV")]
+
+
+def test_an_async_execute_is_awaited():
+    """`async def execute` runs to the end, awaits included, before perform returns."""
+    import asyncio
+
+    seen = []
+
+    class Later(Task.Interval):
+        every = 1
+
+        async def execute(self, db, sv):
+            await asyncio.sleep(0.01)
+            seen.append(db)
+
+    tasks.perform(Later(), "DB", None)
+    assert seen == ["DB"]
+
+
+def test_set_gives_the_next_interval():
+    """An interval task may say its next interval with set(), the original API's name."""
+    class Ticking(Task.Interval):
+        def __init__(self):
+            self.next = 2.5
+
+        def set(self):
+            return self.next
+
+    task = Ticking()
+    assert tasks.dynamic(task) and tasks.interval_of(task) == 2.5
+    task.next = 0
+    with pytest.raises(TaskError, match="Ticking: the interval must be"):
+        tasks.interval_of(task)
+    assert Every().set() == tasks.interval_of(Every())   # set() of a fixed interval
+    assert not tasks.dynamic(Every())
+
+
+def test_neither_execute_nor_run_is_named_in_the_error():
+    """A task without execute or run says which to define."""
+    class Lazy(Task.Shutdown):
+        pass
+
+    with pytest.raises(NotImplementedError, match="Lazy does not define execute"):
+        tasks.perform(Lazy(), None, None)

@@ -1,11 +1,16 @@
 """The gate: header classes, query-parameter headers, the gate function and the trust list."""
+import asyncio
 import json
 import threading
 import time
+import urllib.parse
 
+import orjson
 import pytest
 
 from lexicons.application import Application
+from lexicons.channel import Channel
+from lexicons.client import Client
 from lexicons.errors import NotPermitted, Refused
 from lexicons.header import Header
 from lexicons.signal import Signal
@@ -153,5 +158,175 @@ def test_untrusted_addresses_get_403():
             running.client()
         assert info.value.status == 403 and info.value.reason == "client address not trusted"
     with serving(app(headers=()), TRUST=["127.0.0.0/8"]) as running:
+        with running.client() as c:
+            assert c.call("Whoami")["auth"] == {}
+
+
+# --- sessions and tickets (POST /session) ---------------------------------------------
+
+
+def session_request(running, method: str, body) -> tuple[int, dict]:
+    """Send *body* as JSON to /session; return the status and the decoded answer."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", running.port, timeout=5)
+    try:
+        conn.request(method, "/session", body=json.dumps(body).encode(),
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        answer = json.loads(response.read())
+        if response.status == 200:
+            assert response.getheader("Cache-Control") == "no-store"
+        return response.status, answer
+    finally:
+        conn.close()
+
+
+def with_ticket(running, ticket: str) -> Client:
+    """Connect with only ?ticket= in the URL."""
+    return Client(f"{running.url}?ticket={ticket}", timeout=5.0)
+
+
+def test_login_over_post_then_connect_with_a_ticket():
+    """POST /session runs the headers; ?ticket= alone admits with what they established."""
+    with serving(app()) as running:
+        status, answer = session_request(running, "POST",
+                                         {"headers": {"Login": {"user": "ann",
+                                                                "password": "secret"}}})
+        assert status == 200 and set(answer) == {"session", "ticket", "ticket_ttl"}
+        with with_ticket(running, answer["ticket"]) as c:
+            assert c.call("Whoami") == {"auth": {"user": "ann"}, "nickname": "ANN"}
+
+
+def test_a_ticket_is_good_for_one_connect():
+    """A used ticket is refused (401); the session gives a new one for the next connect."""
+    with serving(app()) as running:
+        _, answer = session_request(running, "POST", {"headers": {"Login": {
+            "user": "bob", "password": "hunter2"}}})
+        with_ticket(running, answer["ticket"]).close()
+        with pytest.raises(Refused) as info:
+            with_ticket(running, answer["ticket"])
+        assert info.value.status == 401 and "log in again" in info.value.reason
+        status, again = session_request(running, "POST", {"session": answer["session"]})
+        assert status == 200 and again["ticket"] != answer["ticket"]
+        with with_ticket(running, again["ticket"]) as c:
+            assert c.call("Whoami")["auth"] == {"user": "bob"}
+
+
+def test_a_ticket_expires():
+    """A ticket unused for TICKET_TTL seconds is refused."""
+    with serving(app(), TICKET_TTL=1.0) as running:
+        _, answer = session_request(running, "POST", {"headers": {"Login": {
+            "user": "ann", "password": "secret"}}})
+        time.sleep(1.5)
+        with pytest.raises(Refused) as info:
+            with_ticket(running, answer["ticket"])
+        assert info.value.status == 401
+
+
+def test_bad_login_is_refused_like_a_connect():
+    """Wrong credentials over POST get the connect's 401 and reason; bad bodies 400."""
+    with serving(app()) as running:
+        status, answer = session_request(running, "POST", {"headers": {"Login": {
+            "user": "ann", "password": "wrong"}}})
+        assert (status, answer["reason"]) == (401, "Login: refused")
+        assert session_request(running, "POST", {"headers": {"Login": "x"}})[0] == 400
+        assert session_request(running, "POST", [1])[0] == 400
+        status, answer = session_request(running, "POST", {"session": "made-up"})
+        assert (status, answer["reason"]) == (401, "the session has ended: log in again")
+        assert session_request(running, "PUT", {})[0] == 405
+
+
+def test_logout_ends_the_session_and_its_tickets():
+    """DELETE /session ends the session: its unused ticket and its token are no good."""
+    with serving(app()) as running:
+        _, answer = session_request(running, "POST", {"headers": {"Login": {
+            "user": "ann", "password": "secret"}}})
+        assert session_request(running, "DELETE", {"session": answer["session"]}) == (
+            200, {"ended": True})
+        with pytest.raises(Refused):
+            with_ticket(running, answer["ticket"])
+        assert session_request(running, "POST", {"session": answer["session"]})[0] == 401
+        assert session_request(running, "DELETE", {"session": answer["session"]}) == (
+            200, {"ended": False})
+
+
+def test_gate_check_tells_whether_a_ticket_is_good():
+    """GET /gate?ticket= answers 200 for a good ticket (without using it), 401 otherwise."""
+    import http.client
+
+    with serving(app()) as running:
+        _, answer = session_request(running, "POST", {"headers": {"Login": {
+            "user": "ann", "password": "secret"}}})
+        for ticket, expected in ((answer["ticket"], 200), ("nope", 401)):
+            conn = http.client.HTTPConnection("127.0.0.1", running.port, timeout=5)
+            conn.request("GET", f"/gate?ticket={ticket}")
+            assert conn.getresponse().status == expected
+            conn.close()
+        with_ticket(running, answer["ticket"]).close()  # still good: /gate did not use it
+
+
+# --- the original API: headers as functions, ws.auth of any value, ws.send ---------------
+
+
+def Member(**kwargs) -> bool:
+    """A header written as a function, as in the original API."""
+    ws = kwargs["ws"]
+    if USERS.get(kwargs.get("user")) != kwargs.get("password"):
+        asyncio.ensure_future(ws.send(orjson.dumps([{"Errors": ["Authentication failed"]}])))
+        return False
+    ws.auth = kwargs["user"]                      # any value, not only a dict
+    asyncio.ensure_future(ws.send(json.dumps([{"Welcome": kwargs["user"]}])))
+    return True
+
+
+async def Later(ws, code: str) -> bool:
+    """An async header: awaited, ws.send awaited too."""
+    await ws.send(json.dumps([{"Hello": code}]))
+    return code == "ok"
+
+
+def test_a_function_header_admits_and_its_messages_come_first():
+    """A header function taking **kwargs runs; what it sent reaches the client first."""
+    class Lobby(Channel):
+        name = "lobby"
+
+    members = Application(signals=[Whoami], headers=[Member], channels=[Lobby])
+    with serving(members) as running:
+        with running.client(headers={"Member": {"user": "ann", "password": "secret"}}) as c:
+            assert c.receive(timeout=5) == [{"Welcome": "ann"}]
+            assert c.call("Whoami")["auth"] == "ann"
+            c.subscribe("lobby")                   # the default permit takes a str auth
+        assert running.service("gate").info()["headers"] == ["Member"]
+
+
+def test_a_header_may_tell_the_client_why_before_refusing():
+    """ensure_future(ws.send(...)) then False: the refusal carries that message and reason."""
+    with serving(app(headers=(Member,))) as running:
+        with pytest.raises(Refused) as info:
+            running.client(headers={"Member": {"user": "ann", "password": "nope"}})
+        assert info.value.status == 401
+        assert info.value.reason == "Member: Authentication failed"
+        assert info.value.messages == [[{"Errors": ["Authentication failed"]}]]
+        query = "Member=" + urllib.parse.quote(json.dumps({"user": "x", "password": "y"}))
+        request = f"GET /gate?{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        status, _, body = http_exchange(running.port, request)
+        assert status == 401
+        assert json.loads(body)["messages"] == [[{"Errors": ["Authentication failed"]}]]
+
+
+def test_an_async_header_is_awaited():
+    """`async def` headers run to their end; their verdict counts."""
+    with serving(app(headers=(Later,))) as running:
+        with running.client(headers={"Later": {"code": "ok"}}) as c:
+            assert c.receive(timeout=5) == [{"Hello": "ok"}]
+        with pytest.raises(Refused) as info:
+            running.client(headers={"Later": {"code": "no"}})
+        assert info.value.messages == [[{"Hello": "no"}]]
+
+
+def test_an_empty_trust_list_admits_everyone():
+    """TRUST=[] (Server(trust=[]) in the original API) restricts nobody."""
+    with serving(app(headers=()), TRUST=[]) as running:
         with running.client() as c:
             assert c.call("Whoami")["auth"] == {}

@@ -1,6 +1,7 @@
 """The high-templar endpoint end to end: real listener, real websocket clients, test backend."""
 from __future__ import annotations
 
+import datetime
 import json
 import threading
 import time
@@ -137,6 +138,50 @@ def test_unreachable_backend_refuses(nodes, tmp_path):
     assert closed_with(client) == 1000
 
 
+def test_answer_without_allowed_rooms_authorizes_with_none(nodes, backend):
+    """A 200 JSON object without allowed_rooms authorizes with no rooms; the protocol works."""
+    node = nodes.start(BOOTSTRAP_URL=backend.url("/norooms"))
+    client = ws_client(node)
+    assert recv_json(client) == {"is_authorized": True, "allowed_rooms": []}
+    client.send("ping")
+    assert client.recv(timeout=5) == "pong"
+    assert ask(client, {"type": "status"})["open_connections"] == 1
+    assert subscribe(client, MESSAGE_ROOM, "1") == {"code": "error",
+                                                    "message": "room-not-found"}
+    assert ask(client, {"type": "nope"})["message"] == "message-type-not-allowed"
+    client.close()
+
+
+def test_backend_on_a_unix_socket_with_a_header_from_the_query(nodes, tmp_path):
+    """BOOTSTRAP_SOCKET and a BACKEND_HEADERS source, as high-templar's API_SOCKET and
+    CONNECTION_HEADERS = {'X-Session-Token': header.Param('session_token')}."""
+    path = str(tmp_path / "api.sock")
+    with Backend(unix_path=path) as unix_backend:
+        node = nodes.start(BOOTSTRAP_URL="http://api.internal/ok", BOOTSTRAP_SOCKET=path,
+                           BACKEND_HEADERS={"X-Session-Token": {"param": "session_token"}})
+        authorized(node, "?session_token=s3").close()
+        assert unix_backend.headers_of()["x-session-token"] == "s3"
+
+
+def test_redirected_bootstrap_authorizes(nodes, backend):
+    """A backend that redirects the bootstrap (say, to add a slash) still authorizes."""
+    node = nodes.start(BOOTSTRAP_URL=backend.url("/redirect"))
+    authorized(node).close()
+
+
+def test_same_request_id_in_two_rooms_gets_both(node):
+    """One requestId subscribed to two rooms receives the publishes of both (3.1.0)."""
+    client = authorized(node)
+    subscribe(client, MESSAGE_ROOM, "x")
+    subscribe(client, USER_ROOM, "x")
+    trigger(node, [MESSAGE_ROOM], "one")
+    trigger(node, [USER_ROOM], "two")
+    assert [recv_json(client)["data"] for _ in range(2)] == ["one", "two"]
+    client.send(b'{"type":"status"}')  # binary JSON is read too
+    assert recv_json(client)["num_rooms"] == 2
+    client.close()
+
+
 def test_endpoint_off_without_bootstrap_url(nodes):
     """Without BOOTSTRAP_URL there is no /ws/ and no /trigger/ (404)."""
     node = nodes.start()
@@ -214,11 +259,18 @@ def test_status_counters(node):
     status = ask(a, {"type": "status"})
     assert status["open_connections"] == 2
     assert status["num_rooms"] == 2
-    assert set(status["messages"]) == {"received", "sent", "failed"}
-    assert status["messages"]["received"] == 4  # three subscribes and this status
-    assert status["messages"]["sent"] == 5      # two welcomes and three replies
-    assert status["messages"]["failed"] == 0
-    assert status["online_since"].endswith("+00:00")
+    assert set(status) == {"open_connections", "num_rooms", "online_since",
+                           "rabbitmq_messages_received", "ws_messages_received",
+                           "ws_messages_send", "ws_messages_send_error",
+                           "ws_messages_send_queued"}  # high-templar 3.1.0's keys
+    assert status["ws_messages_received"] == 4  # three subscribes and this status
+    assert status["ws_messages_send"] == 0      # publishes only, as 3.1.0 counts
+    assert status["ws_messages_send_error"] == 0
+    assert status["rabbitmq_messages_received"] == 0
+    datetime.datetime.fromisoformat(status["online_since"])
+    trigger(node, [MESSAGE_ROOM], 1)
+    assert recv_json(a)["type"] == "publish"
+    assert ask(a, {"type": "status"})["ws_messages_send"] == 2  # a's and b's subscription
     b.close()
     status = ask(a, {"type": "status"})
     assert status["open_connections"] == 1
@@ -256,14 +308,37 @@ def test_trigger_to_several_rooms_and_after_unsubscribe(node):
     subscribe(a, MESSAGE_ROOM, "m")
     subscribe(a, USER_ROOM, "u")
     trigger(node, [MESSAGE_ROOM, USER_ROOM, MESSAGE_ROOM], "hello")
-    got = sorted(recv_json(a)["requestId"] for _ in range(2))
-    assert got == ["m", "u"]
+    got = sorted(recv_json(a)["requestId"] for _ in range(3))
+    assert got == ["m", "m", "u"]  # a room named twice is published twice, as in 3.1.0
     no_more_messages(a)
     ask(a, {"type": "unsubscribe", "requestId": "m"})
     trigger(node, [MESSAGE_ROOM, USER_ROOM], "again")
     assert recv_json(a) == {"type": "publish", "data": "again", "requestId": "u"}
     no_more_messages(a)
     a.close()
+
+
+def test_trigger_with_a_star_reaches_every_room_it_matches(node):
+    """A trigger's room with a "*" value reaches the subscriptions of each room it matches."""
+    a = authorized(node)
+    b = authorized(node)
+    c = authorized(node)
+    subscribe(a, {"target": "user", "id": 7}, "u7")
+    subscribe(b, {"target": "user", "id": 8}, "u8")
+    subscribe(b, {"id": 9, "target": "user"}, "u9")
+    subscribe(c, MESSAGE_ROOM, "m")           # other keys: not matched
+    status, body = trigger(node, [{"target": "user", "id": "*"}], {"all": True})
+    assert (status, body["code"], body["rooms"]) == (200, "success", 1)
+    assert recv_json(a) == {"type": "publish", "data": {"all": True}, "requestId": "u7"}
+    got_b = sorted(recv_json(b)["requestId"] for _ in range(2))
+    assert got_b == ["u8", "u9"]
+    trigger(node, [{"target": "*", "customer": "1"}], "messages")
+    assert recv_json(c) == {"type": "publish", "data": "messages", "requestId": "m"}
+    trigger(node, [{"target": "user", "id": 8}], "exact")     # exact rooms still work
+    assert recv_json(b) == {"type": "publish", "data": "exact", "requestId": "u8"}
+    for client in (a, b, c):
+        no_more_messages(client)
+        client.close()
 
 
 @pytest.mark.parametrize("raw, reason", [
@@ -318,17 +393,24 @@ def test_idle_connection_is_closed(nodes, backend):
 # --- across nodes -------------------------------------------------------------------------
 
 
-def test_trigger_on_one_node_reaches_subscriptions_on_all(nodes, backend):
-    """Through the Redis backplane a trigger POSTed to one node reaches every node once."""
+def subscribed_nodes(nodes, backend, rooms, prefix_id):
+    """Start one node per room on one Redis; on each, a client subscribed to its room
+    as requestId prefix_id + index. Return the nodes and the clients, once in sync."""
     url = require_redis()
     prefix = "lexicons-test-" + uuid.uuid4().hex[:8]
-    trio = [nodes.start(BOOTSTRAP_URL=backend.url("/ok"), BACKPLANE=url,
-                        BACKPLANE_PREFIX=prefix) for _ in range(3)]
-    clients = [authorized(n) for n in trio]
-    for i, client in enumerate(clients):
-        assert subscribe(client, MESSAGE_ROOM, f"r{i}") == {"code": "success"}
-    for n in trio:
+    started = [nodes.start(BOOTSTRAP_URL=backend.url("/ok"), BACKPLANE=url,
+                           BACKPLANE_PREFIX=prefix) for _ in rooms]
+    clients = [authorized(n) for n in started]
+    for i, (client, room) in enumerate(zip(clients, rooms, strict=True)):
+        assert subscribe(client, room, f"{prefix_id}{i}") == {"code": "success"}
+    for n in started:
         assert n.get_service("backplane").wait_synced(10)
+    return started, clients
+
+
+def test_trigger_on_one_node_reaches_subscriptions_on_all(nodes, backend):
+    """Through the Redis backplane a trigger POSTed to one node reaches every node once."""
+    trio, clients = subscribed_nodes(nodes, backend, [MESSAGE_ROOM] * 3, "r")
     for n_index, n in enumerate(trio):
         assert trigger(n, [MESSAGE_ROOM], n_index)[0] == 200
     for i, client in enumerate(clients):
@@ -339,4 +421,19 @@ def test_trigger_on_one_node_reaches_subscriptions_on_all(nodes, backend):
     assert trigger(trio[0], [MESSAGE_ROOM], "last")[0] == 200
     for client in clients:
         assert recv_json(client)["data"] == "last"
+        client.close()
+
+
+def test_star_trigger_on_one_node_reaches_matching_rooms_on_all(nodes, backend):
+    """Through Redis a "*" trigger POSTed to one node reaches each matching room once."""
+    rooms = [{"target": "user", "id": i} for i in range(2)]
+    pair, clients = subscribed_nodes(nodes, backend, rooms, "u")
+    assert trigger(pair[0], [{"target": "user", "id": "*"}], "everyone")[0] == 200
+    for i, client in enumerate(clients):
+        assert recv_json(client) == {"type": "publish", "data": "everyone",
+                                     "requestId": f"u{i}"}
+    assert trigger(pair[1], [{"target": "user", "id": 0}], "last")[0] == 200
+    assert recv_json(clients[0])["data"] == "last"   # had a duplicate come, it came first
+    for client in clients:
+        no_more_messages(client)
         client.close()

@@ -46,7 +46,7 @@ def test_data_survives_a_clean_stop_and_start(tmp_path):
     db.drop(Entry, rows[1].pk)
     db.commit()
     manager.stop()
-    assert sorted(os.listdir(tmp_path)) == ["Entry.csv"]
+    assert sorted(os.listdir(tmp_path)) == ["Entry.csv", "lexicons.lock"]
     manager, persister = start(str(tmp_path))
     db = persister.db
     assert db.count(Entry) == 49 and db.get(Entry, rows[0].pk).views == 1000
@@ -62,10 +62,10 @@ def test_journal_is_replayed_after_a_crash_and_snapshotted_at_start(tmp_path):
     persister.storage.journal.close()
     persister.storage = None            # as a killed process: no final snapshot
     manager.stop()
-    assert os.listdir(tmp_path) == ["journal.000001"]
+    assert sorted(os.listdir(tmp_path)) == ["journal.000001", "lexicons.lock"]
     manager2, persister2 = start(str(tmp_path))
     assert persister2.db.get(Entry, row.pk).title == "only in the journal"
-    assert sorted(os.listdir(tmp_path)) == ["Entry.csv", "journal.000001"]
+    assert sorted(os.listdir(tmp_path)) == ["Entry.csv", "journal.000001", "lexicons.lock"]
     assert os.path.getsize(tmp_path / "journal.000001") == 0
     manager2.stop()
 
@@ -147,7 +147,9 @@ def test_kill_9_loses_no_acknowledged_write(tmp_path):
             else:
                 updated[pk] = max(updated.get(pk, 0), int(rest[0]))
         db = Database([Counter])
-        Storage(db, data_dir).load()
+        storage = Storage(db, data_dir)
+        storage.load()
+        storage.lock.release()  # a look only: the next writer takes the directory again
         missing = [pk for pk in created if db.get(Counter, pk) is None]
         assert not missing, f"{policy}: {len(missing)} acknowledged rows lost"
         stale = [pk for pk, n in updated.items() if db.get(Counter, pk).n < n]
@@ -160,4 +162,4 @@ def test_kill_9_loses_no_acknowledged_write(tmp_path):
     manager.start()
     assert manager.get_service("persister").db.count(Counter) >= len(created)
     manager.stop()
-    assert sorted(os.listdir(data_dir)) == ["Counter.csv"]
+    assert sorted(os.listdir(data_dir)) == ["Counter.csv", "lexicons.lock"]

@@ -1,4 +1,7 @@
 """The router over real sockets: calls, answers, errors, order, and bad input of every kind."""
+import asyncio
+import contextlib
+import logging
 import struct
 import sys
 import threading
@@ -7,11 +10,14 @@ import time
 import pytest
 
 from lexicons.application import Application
+from lexicons.channel import Channel
 from lexicons.errors import CallError, CallFailed, NotPermitted
 from lexicons.frames import OP_BINARY, OP_PING, OP_PONG, OP_TEXT, client_frame
+from lexicons.journal import read_records
+from lexicons.model import Model
 from lexicons.service import Service
 from lexicons.signal import Response, Signal
-from tests.support.websocket import serving
+from tests.support.websocket import CORE, serving
 
 STARTED = threading.Event()
 FINISHED = threading.Event()
@@ -305,6 +311,9 @@ class StandInPersister(Service):
         self.writes = []
         self.log_of_events = []
 
+    def transaction(self):
+        return contextlib.nullcontext()
+
     def commit(self):
         time.sleep(0.1)  # a slow flush: the answer must still wait for it
         self.log_of_events.append(("commit", len(self.writes)))
@@ -317,3 +326,98 @@ def test_db_is_committed_before_the_answer():
         with running.client() as client:
             assert client.call("Saved") == 1
             assert persister.log_of_events[-1] == ("commit", 1)
+
+
+# --- the original API's signals, and one transaction per call -------------------------
+
+
+class Account(Model):
+    owner: str
+    balance: int
+
+
+class Open(Signal):
+    def execute(self, owner: str, db):
+        return db.create(Account, owner=owner, balance=0).pk
+
+
+class Transfer(Signal):
+    """Writes, then fails on a programming error: none of its writes may stay."""
+
+    def execute(self, source: str, amount: int, db):
+        db.update(Account, source, balance=db.get(Account, source).balance - amount)
+        db.create(Account, owner="audit", balance=amount)
+        return {"total": amount} / 2    # TypeError, after two writes
+
+
+class Shout(Signal):
+    def execute(self, text: str, ws):
+        return self.response({"text": text}, [Lobby] if text else [])
+
+
+class Later(Signal):
+    async def execute(self, text: str):
+        await asyncio.sleep(0)
+        return text.upper()
+
+
+class Lobby(Channel):
+    name = "lobby"
+
+
+@pytest.fixture
+def bank(tmp_path):
+    app = Application(models=[Account], signals=[Open, Transfer, Shout, Later],
+                      channels=[Lobby])
+    services = ["services.persister/PersisterService", *CORE]
+    with serving(app, SERVICE_LIST=services, DATA_DIR=str(tmp_path), DB_FSYNC="always") as s:
+        yield s
+
+
+def journal_payloads(directory) -> list[bytes]:
+    return [payload for path in sorted(directory.glob("journal.*"))
+            for _, payload in read_records(str(path))]
+
+
+def test_a_failing_signal_leaves_none_of_its_writes(bank, tmp_path, caplog):
+    """Write-then-raise: the caller hears which signal failed, the log has the traceback,
+    and neither the tables nor the journal keep any of its writes."""
+    db = bank.service("persister").db
+    with bank.client() as client:
+        pk = client.call("Open", owner="ann")
+        db.update(Account, pk, balance=100)
+        db.commit()
+        before = journal_payloads(tmp_path)
+        with caplog.at_level(logging.ERROR, logger="lexicons.router"):
+            with pytest.raises(CallFailed) as info:
+                client.call("Transfer", source=pk, amount=30)
+        assert info.value.errors == ["Transfer failed"]
+        assert "Traceback" in caplog.text and "TypeError" in caplog.text
+        assert "signal Transfer failed" in caplog.text
+        assert db.get(Account, pk).balance == 100
+        assert db.count(Account) == 1
+        assert client.call("Open", owner="bob")      # the next call works, and is journaled
+    after = journal_payloads(tmp_path)
+    assert after[:len(before)] == before and len(after) == len(before) + 1
+    assert b"audit" not in b"".join(after) and b"bob" in after[-1]
+
+
+def test_response_broadcasts_and_without_channels_says_nothing(bank):
+    """self.response(payload, [Channel]) broadcasts; with no channels: no broadcast, no reply."""
+    with bank.client() as listener, bank.client() as caller:
+        listener.subscribe("lobby")
+        caller.subscribe("lobby")
+        raw = bank.raw()
+        raw.call({"Shout": {"text": ""}})
+        raw.call({"Shout": {"text": ""}, "#": 1})
+        assert raw.recv_json() == [{"Shout": None, "#": 1}]   # an id: answered, with null
+        raw.call({"Shout": {"text": "hi"}})
+        assert listener.receive(timeout=5) == [{"Shout": {"text": "hi"}}]   # only this one
+        assert caller.receive(timeout=5) == [{"Shout": {"text": "hi"}}]
+        raw.close()
+
+
+def test_an_async_execute_is_awaited(bank):
+    """A signal whose execute is `async def` answers with what the coroutine returns."""
+    with bank.client() as client:
+        assert client.call("Later", text="awaited") == "AWAITED"

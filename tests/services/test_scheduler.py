@@ -550,3 +550,39 @@ def test_lexiconsd_status_shows_one_line_per_task():
 def test_default_service_list_runs_the_scheduler():
     """The default SERVICE_LIST includes the scheduler service."""
     assert "services.scheduler/SchedulerService" in settings_mod.DECLARED["SERVICE_LIST"].default
+
+
+# --- the original API: execute (async too) and set() ------------------------------------
+
+
+def test_async_execute_tasks_of_every_kind_are_awaited(caplog):
+    """Startup, interval and shutdown tasks written with `async def execute` all run."""
+    import asyncio
+
+    seen = []
+
+    class Boot(Task.Startup):
+        async def execute(self, db, sv):
+            await asyncio.sleep(0)
+            seen.append("startup")
+
+    class Tick(Task.Interval):
+        def set(self):
+            return FAST
+
+        async def execute(self, **kwargs):
+            await asyncio.sleep(0)
+            seen.append("interval")
+
+    class OnShutdown(Task.Shutdown):
+        async def execute(self, db, sv):
+            await asyncio.sleep(0)
+            seen.append("shutdown")
+
+    with caplog.at_level(logging.WARNING):
+        with running(scheduler(Boot, Tick, OnShutdown)) as svc:
+            assert wait_for(lambda: seen.count("interval") >= 2)
+            assert record(svc, "Tick")["interval"] == FAST
+    assert seen[0] == "startup" and seen[-1] == "shutdown"
+    assert record(svc, "OnShutdown")["failures"] == 0
+    assert "never awaited" not in caplog.text and "NotImplementedError" not in caplog.text

@@ -10,7 +10,10 @@ Paths (the query string is ignored):
 * ``/slow``      waits ``slow_delay`` seconds, then answers like ``/ok``
 * ``/trickle``   sends its headers, then one byte of body every 0.2 s
 * ``/big``       200 with a 2 MB body
-* ``/redirect``  302 to ``/ok`` (not followed: not authorized)
+* ``/redirect``  302 to ``/ok``
+* ``/loop``      302 to itself, for ever
+* ``/away?to=U`` 307 to the URL ``U``
+* ``/plain``     200 with the body of ``/ok`` as ``text/plain``
 * ``/bytoken``   by the ``Authorization: Token T`` header: ``slow`` like ``/slow``,
   ``deny`` like ``/forbidden``, ``garbage`` like ``/garbage``, anything else like ``/ok``
 
@@ -19,7 +22,9 @@ Every request's headers are recorded in ``requests`` as (path, {name: value}).
 from __future__ import annotations
 
 import json
+import socketserver
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -29,7 +34,8 @@ ROOMS = [{"target": "message", "customer": "1"}, {"target": "user", "id": "*"}]
 class Backend:
     """A running test backend; use as a context manager."""
 
-    def __init__(self, rooms: list[dict[str, Any]] | None = None, slow_delay: float = 3.0):
+    def __init__(self, rooms: list[dict[str, Any]] | None = None, slow_delay: float = 3.0,
+                 unix_path: str | None = None):
         self.rooms = ROOMS if rooms is None else rooms
         self.slow_delay = slow_delay
         self.requests: list[tuple[str, dict[str, str]]] = []
@@ -44,9 +50,18 @@ class Backend:
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 backend._handle(self)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if unix_path is not None:  # the backend on a UNIX socket (port: none)
+            class UnixServer(socketserver.ThreadingUnixStreamServer):
+                def get_request(self):  # type: ignore[no-untyped-def]
+                    sock, _ = super().get_request()
+                    return sock, ("unix", 0)
+
+            self.server = UnixServer(unix_path, Handler)
+            self.port = 0
+        else:
+            self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            self.port = self.server.server_address[1]
         self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
                                        name="test-backend")
 
@@ -68,7 +83,7 @@ class Backend:
             return self.requests[index][1]
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
-        path = handler.path.split("?")[0]
+        path, _, query = handler.path.partition("?")
         with self.lock:
             self.requests.append((path, {k.lower(): v for k, v in handler.headers.items()}))
         ok = json.dumps({"allowed_rooms": self.rooms}).encode()
@@ -104,11 +119,15 @@ class Backend:
                     return
         elif path == "/big":
             self._send(handler, 200, b"[" + b"0," * (1 << 20) + b"0]")
-        elif path == "/redirect":
-            handler.send_response(302)
-            handler.send_header("Location", "/ok")
+        elif path in ("/redirect", "/loop", "/away"):
+            target = {"/redirect": "/ok", "/loop": "/loop"}.get(path) or \
+                urllib.parse.parse_qs(query)["to"][0]
+            handler.send_response(302 if path != "/away" else 307)
+            handler.send_header("Location", target)
             handler.send_header("Content-Length", "0")
             handler.end_headers()
+        elif path == "/plain":
+            self._send(handler, 200, ok, "text/plain")
         else:
             self._send(handler, 404, b"{}")
 

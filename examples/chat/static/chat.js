@@ -1,5 +1,6 @@
 // The chat page: log in or register, rooms, direct messages, live messages.
 import { CallError, Client, RefusedError } from "./lexicons.js";
+import { Session } from "./session.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -151,6 +152,7 @@ function addMessage(room, message) {
 async function open(room) {
   if (!state.joined.has(room)) {
     const answer = await guard(state.client.call("Join", { room }));
+    await follow(room);
     state.joined.add(room);
     state.messages.set(room, answer.messages);
     if (room.startsWith("dm:")) state.dms.add(room);
@@ -242,7 +244,8 @@ function listen(client) {
     $("status").textContent = labels[value] || value;
     $("status").dataset.state = value;
   });
-  client.listen("reconnect", () => { resume().catch((error) => notice(explain(error))); });
+  client.listen("reconnect", () => { rejoin().catch((error) => notice(explain(error))); });
+  client.listen("recover", (result) => { recovered(result).catch((error) => notice(explain(error))); });
   client.listen("refused", (error) => logout(error.reason));
   client.listen("error", (error) => notice(explain(error)));
 }
@@ -255,6 +258,45 @@ function memberChange(room, user, present) {
   info.members = [...members].sort();
   renderRooms();
   if (room === state.active) renderRoom();
+}
+
+// --- reconnecting ---------------------------------------------------------------------
+
+// Subscribe through the client to a room's channel (Join has put us in it), so the
+// client keeps its position and recovers what is missed across a reconnect.
+async function follow(room) {
+  if (!room.startsWith("dm:")) await state.client.subscribe(`room:${room}`);
+}
+
+// After a reconnect the client has subscribed again and recovered the messages sent
+// meanwhile: refresh the lists, and be in this page's rooms again (Join answers
+// without a new broadcast for a room the connection is already in).
+async function rejoin() {
+  for (const room of await state.client.call("Rooms")) state.rooms.set(room.name, room);
+  state.online = await state.client.call("Online");
+  for (const room of state.joined) {
+    if (room.startsWith("dm:")) continue;
+    const answer = await state.client.call("Join", { room });
+    const info = state.rooms.get(room);
+    if (info) info.members = answer.members;
+  }
+  renderRooms();
+  renderRoom();
+}
+
+// What a channel's recovery gave: a notice for missed messages, or, when its history
+// no longer reached back, its rooms' messages loaded again.
+async function recovered({ channel, recovered: complete, missed }) {
+  if (complete) {
+    if (missed) notice(`caught up: ${missed} update${missed === 1 ? "" : "s"} sent while you were offline`);
+    return;
+  }
+  const rooms = channel.startsWith("room:") ? [channel.slice(5)]
+    : [...state.joined].filter((room) => room.startsWith("dm:"));
+  for (const room of rooms) {
+    state.messages.set(room, await state.client.call("History", { room }));
+    if (room === state.active) renderRoom();
+  }
 }
 
 // --- logging in -------------------------------------------------------------------------
@@ -274,6 +316,15 @@ async function resume() {
   await open(active);
 }
 
+// Logging in goes through the session endpoint: the password is sent once, in
+// a POST body; every connect (reconnects too) carries a one-use ticket only,
+// and a reload of the page resumes the session kept in sessionStorage.
+const session = new Session();
+
+function setBusy(busy) {
+  for (const button of document.querySelectorAll("#login-form button")) button.disabled = busy;
+}
+
 async function login(header) {
   const name = $("name").value.trim();
   const password = $("password").value;
@@ -284,33 +335,53 @@ async function login(header) {
     error.hidden = false;
     return;
   }
-  for (const button of document.querySelectorAll("#login-form button")) button.disabled = true;
-  const client = new Client({ headers: { [header]: { name, password } } });
-  listen(client);
+  setBusy(true);
   try {
-    await client.connect();
-    // Registered now: a reconnect must log in (registering again would be refused).
-    client.headers = { Login: { name, password } };
-    await client.subscribe("public");
-    state.client = client;
-    state.me = name;
-    $("me").textContent = name;
-    $("logout").hidden = false;
-    $("login-view").hidden = true;
-    $("chat-view").hidden = false;
+    await session.login({ [header]: { name, password } }, { name });
     $("password").value = "";
-    await resume();
+    await enter(name);
   } catch (failure) {
-    client.close();
     error.textContent = failure instanceof RefusedError
       ? refusal(failure.reason) : `Cannot connect: ${explain(failure)}`;
     error.hidden = false;
   } finally {
-    for (const button of document.querySelectorAll("#login-form button")) button.disabled = false;
+    setBusy(false);
+  }
+}
+
+// Connect with the session's tickets as `name`; show the chat. Rejects when refused.
+async function enter(name) {
+  const client = new Client({ query: session.query });
+  listen(client);
+  try {
+    await client.connect();
+    await client.subscribe("public");
+  } catch (failure) {
+    client.close();
+    throw failure;
+  }
+  state.client = client;
+  state.me = name;
+  $("me").textContent = name;
+  $("logout").hidden = false;
+  $("login-view").hidden = true;
+  $("chat-view").hidden = false;
+  await resume();
+}
+
+// After a reload: the session kept in this tab logs in again without a password.
+async function restore() {
+  if (!session.active || !session.info?.name) return;
+  try {
+    await enter(session.info.name);
+  } catch (failure) {
+    const reason = failure instanceof RefusedError ? failure.reason : explain(failure);
+    logout(reason);
   }
 }
 
 function logout(reason) {
+  session.logout();
   if (state.client) state.client.close();
   Object.assign(state, { client: null, me: "", active: "", online: [] });
   for (const key of ["rooms", "joined", "dms", "messages", "unread"]) state[key].clear();
@@ -331,3 +402,4 @@ $("leave").addEventListener("click", () => { leave().catch(() => {}); });
 $("composer").addEventListener("submit", send);
 $("new-room").addEventListener("submit", (event) => { createRoom(event).catch(() => {}); });
 $("name").focus();
+restore();

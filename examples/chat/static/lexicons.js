@@ -12,6 +12,13 @@
 //   answer     [{"Signal": value, "#": 7}]
 //   error      [{"Errors": ["message", ...], "#": 7}]
 //   broadcast  [{"Signal": payload}]
+//   positioned [{"Signal": payload, "@": {"channel": "room:a", "epoch": "9f2c41d0", "offset": 12}}]
+//
+// A channel with history gives each broadcast a position. The client keeps the
+// last one per subscribed channel and, on reconnect, subscribes again with
+// {recover: position}: the broadcasts sent meanwhile arrive (in order, before
+// the new ones), and the "recover" listeners get {channel, recovered, missed};
+// recovered false means the history no longer reached back (reload another way).
 //
 // Headers go in the URL's query (browsers cannot set headers on a websocket):
 // ?Login={"name":"alice","password":"secret"}. When the server refuses the
@@ -20,6 +27,10 @@
 // connect, the client asks the server's plain HTTP check endpoint (/gate, same
 // query) why, and rejects with that reason; a client that cannot reach it is
 // told the server is unreachable.
+//
+// A password does not belong in a URL (the console, the history and proxy logs
+// keep them): log in with session.js and pass its `query` function, so that
+// each connect carries a one-use ticket only.
 
 /** An error the server answered a call with; `messages` holds its texts. */
 export class CallError extends Error {
@@ -63,6 +74,9 @@ export class Client {
    * @param {number} [options.minDelay] first reconnect delay in ms (doubles each try)
    * @param {number} [options.maxDelay] longest reconnect delay in ms
    * @param {number} [options.timeout]  ms to wait for an answer before rejecting a call
+   * @param {function} [options.query]  async () => {name: value}: more query parameters,
+   *                                    asked afresh for each connect (a session's ticket);
+   *                                    a RefusedError from it refuses the connect
    */
   constructor(options = {}) {
     this.url = options.url || defaultUrl();
@@ -71,9 +85,12 @@ export class Client {
     this.minDelay = options.minDelay ?? 500;
     this.maxDelay = options.maxDelay ?? 15000;
     this.timeout = options.timeout ?? 15000;
+    this.query = options.query || null;
+    this.lastUrl = "";
     this.state = "idle";            // idle, connecting, open, waiting, closed
     this.socket = null;
     this.channels = new Set();      // subscribed by this client: re-subscribed on reconnect
+    this.positions = new Map();     // channel -> {offset, epoch} of the last broadcast seen
     this.handlers = new Map();      // broadcast name -> Set of functions
     this.listeners = new Map();     // "state", "reconnect", "error", "refused" -> Set
     this.pending = new Map();       // call id -> {resolve, reject, timer}
@@ -83,12 +100,13 @@ export class Client {
     this.retryTimer = null;
   }
 
-  /** Return the websocket URL with the headers as query parameters. */
-  connectUrl() {
+  /** Return the websocket URL with the headers (and `extra`) as query parameters. */
+  connectUrl(extra = {}) {
     const url = new URL(this.url, location.href);
     for (const [name, kwargs] of Object.entries(this.headers)) {
       url.searchParams.set(name, JSON.stringify(kwargs));
     }
+    for (const [name, value] of Object.entries(extra)) url.searchParams.set(name, value);
     return url.toString();
   }
 
@@ -100,7 +118,33 @@ export class Client {
 
   open(resolve, reject) {
     this.setState("connecting");
-    const socket = new WebSocket(this.connectUrl());
+    if (!this.query) {
+      this.dial({}, resolve, reject);
+      return;
+    }
+    Promise.resolve().then(() => this.query()).then(
+      (extra) => { if (this.state !== "closed") this.dial(extra || {}, resolve, reject); },
+      (error) => this.queryFailed(error, reject));
+  }
+
+  // The query function failed: refused (say so, for good), or the server is unreachable.
+  queryFailed(error, reject) {
+    if (this.state === "closed") return;
+    if (error instanceof RefusedError) {
+      this.setState("closed");
+      this.emit("refused", error);
+      if (reject) reject(error);
+    } else if (!this.everOpen && reject) {
+      this.setState("closed");
+      reject(new ConnectionError(`cannot reach the server (${error.message || error})`));
+    } else {
+      this.retry();
+    }
+  }
+
+  dial(extra, resolve, reject) {
+    this.lastUrl = this.connectUrl(extra);
+    const socket = new WebSocket(this.lastUrl);
     this.socket = socket;
     let opened = false;
     socket.onopen = () => {
@@ -109,9 +153,7 @@ export class Client {
       this.everOpen = true;
       this.attempt = 0;
       this.setState("open");
-      for (const channel of this.channels) {
-        this.send({ Subscribe: { channel } }).catch((error) => this.emit("error", error));
-      }
+      this.resubscribe();
       if (again) this.emit("reconnect");
       if (resolve) resolve(this);
     };
@@ -142,7 +184,7 @@ export class Client {
 
   /** Ask the check endpoint why the last connect failed: a RefusedError, or null. */
   async whyNot() {
-    const url = new URL(this.connectUrl());
+    const url = new URL(this.lastUrl || this.connectUrl());
     url.protocol = url.protocol === "wss:" ? "https:" : "http:";
     url.pathname = this.checkPath;
     try {
@@ -202,13 +244,51 @@ export class Client {
   async subscribe(channel) {
     const answer = await this.call("Subscribe", { channel });
     this.channels.add(channel);
+    this.advance(channel, answer);
     return answer;
   }
 
   /** Leave `channel`. */
   async unsubscribe(channel) {
     this.channels.delete(channel);
+    this.positions.delete(channel);
     return this.call("Unsubscribe", { channel });
+  }
+
+  // --- positions and recovery (channels with history) ---------------------------------
+
+  /** Subscribe again to every channel, asking for what was missed since its position. */
+  resubscribe() {
+    for (const channel of this.channels) {
+      const position = this.positions.get(channel);
+      const fresh = () => this.send({ Subscribe: { channel } });
+      const asked = position ? this.send({ Subscribe: { channel, recover: position } }) : fresh();
+      asked
+        // a position the server refuses (say, from before its history began): start anew
+        .catch((error) => (position && error instanceof CallError
+          ? fresh().then((answer) => ({ ...answer, recovered: false, missed: 0 }))
+          : Promise.reject(error)))
+        .then((answer) => {
+          if (!answer || typeof answer !== "object" || !("epoch" in answer)) return;
+          if (answer.recovered === false) this.positions.delete(channel);
+          this.advance(channel, answer);
+          if (position) {
+            this.emit("recover", { channel, recovered: answer.recovered !== false,
+                                   missed: answer.missed || 0 });
+          }
+        })
+        .catch((error) => this.emit("error", error));
+    }
+  }
+
+  /** Keep the newer of the known position and `where` ({offset, epoch}). */
+  advance(channel, where) {
+    if (!where || typeof where !== "object" || typeof where.offset !== "number"
+        || typeof where.epoch !== "string") return;
+    const known = this.positions.get(channel);
+    if (!known || known.epoch !== where.epoch || where.offset > known.offset) {
+      this.positions.set(channel, { offset: where.offset, epoch: where.epoch });
+    }
   }
 
   /** Call `handler(payload)` for every broadcast named `name`. */
@@ -224,7 +304,7 @@ export class Client {
     return this;
   }
 
-  /** Listen to the client itself: "state", "reconnect", "refused" or "error". */
+  /** Listen to the client itself: "state", "reconnect", "recover", "refused" or "error". */
   listen(event, fn) {
     if (!this.listeners.has(event)) this.listeners.set(event, new Set());
     this.listeners.get(event).add(fn);
@@ -267,8 +347,9 @@ export class Client {
         else call.resolve(item[Object.keys(item).find((key) => key !== "#")]);
         continue;
       }
+      if (item["@"]) this.advance(item["@"].channel, item["@"]);
       for (const [name, payload] of Object.entries(item)) {
-        if (name === "#") continue;
+        if (name === "#" || name === "@") continue;
         if (name === "Errors") {
           this.emit("error", new CallError(payload));
           continue;
