@@ -52,6 +52,7 @@ cyclic garbage collector (see :func:`_gc_paused`).
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import operator
 import re
@@ -112,6 +113,8 @@ class Table:
         self.name = schema.name
         self.fields = schema.fields
         self.pk_field = _pk_field(self.name)
+        self.containers = tuple(n for n, f in schema.fields.items()
+                                if f.kind in ("list", "set", "dict"))
         names = ("pk",) + schema.names
         self.dtypes = {name: _dtype(self.field(name)) for name in names}
         # Slots [0, hn) live in the arrays, slots [hn, len(live)) in the tail lists.
@@ -215,7 +218,7 @@ class Table:
                   "        T.version += 1",
                   # _record, inlined for the common case: no transaction open
                   "        if TL.tx is not None:",
-                  f"            RECORD(('c', NAME, (pk{values},)), (T, 'c', pk))",
+                  f"            RECORD(('c', NAME, (pk{values},)), (T, 'c', pk), TL.tx)",
                   "        else:",
                   "            J = DB.journal",
                   f"            if J is not None: TL.seq = J.append(('c', NAME, (pk{values},)))",
@@ -275,7 +278,7 @@ class Table:
             self._check_refs(values)
             row = tuple(values[n] for n in self.schema.names)
             self._insert(pk, row)
-            self.db._record(("c", self.name, (pk,) + row), (self, "c", pk))
+            self.db._record(("c", self.name, (pk,) + row), (self, "c", pk), self.db._local.tx)
         return instance
 
     def _unknown(self, kw: dict[str, Any]) -> None:
@@ -893,6 +896,9 @@ class Database:
         self._owner: int | None = None
         self._turn = threading.Condition(self.lock)
         self.journal = journal
+        #: The replication log every write goes through, when one is attached
+        #: (:class:`lexicons.replication.StreamLog`); None: writes are made here.
+        self.replica: Any = None
         self._local = _Local()
         self._tables: dict[Any, Table] = {}
         self._referrers: dict[str, list[tuple[Table, str]]] = {}
@@ -945,6 +951,20 @@ class Database:
         raise AttributeError(f"{type(self).__name__} has no attribute or model {name!r}")
 
     # --- writes -------------------------------------------------------------------------
+    #
+    # A write is checked first, outside the lock, then becomes one *write op*, a tuple
+    # handed to :meth:`_write`, the one place where a write is made: applied here under
+    # the lock (and journaled), or, with a replication log attached, recorded in the log
+    # and applied by every node in the log's order (see :mod:`lexicons.replication`).
+    # :meth:`_apply` alone turns an op into changes of the tables; it decides everything
+    # that depends on the data (a made-up pk that is taken, a reference to a missing row,
+    # the rows a cascade takes, get_or_create finding a row), so that nodes applying
+    # the same ops in the same order end with the same tables and the same answers.
+    #
+    #   ("c", table, pk, row, given)            create; row: a value per field
+    #   ("u", table, pk, changes)               update; changes: field -> value
+    #   ("d", table, pk, cascade)               drop
+    #   ("g", table, lookup, pk, row, given)    get_or_create; lookup: field -> value
 
     def create(self, model: Any, **fields: Any) -> Model:
         """Insert a row and return it; ``pk`` may be given, else one is made up."""
@@ -952,7 +972,16 @@ class Database:
             table = self._tables[model]
         except (KeyError, TypeError):
             table = self.table(model)
-        return table.create(fields)
+        if self.replica is None:
+            return table.create(fields)
+        given = "pk" in fields
+        candidate = table.model(**fields)
+        d = candidate.__dict__
+        row = tuple(d[n] for n in table.schema.names)
+        d["pk"] = self._write(("c", table.name, d["pk"], row, given))
+        for name in table.containers:   # the stored row holds the candidate's own
+            d[name] = clone(d[name])
+        return candidate
 
     def update(self, model: Any, row: Any, **fields: Any) -> Model:
         """Change fields of the row *row* (a pk or an instance) and return the row.
@@ -984,20 +1013,7 @@ class Database:
             for name, value in computed.items():
                 setattr(current, name, value)
             changes = {n: current.__dict__[n] for n in table.schema.names}
-        with self.lock:
-            if self._owner is not None:
-                self._wait_turn()
-            pos = table.index.get(pk)
-            if pos is None:
-                raise DoesNotExist(f"no {table.name} with pk {pk!r}")
-            table._check_refs(changes)
-            if changes:
-                old = {name: table._value(name, pos) for name in changes} \
-                    if self._local.tx is not None else None   # what an undo needs
-                table._set(pos, changes)
-                self._record(("u", table.name, pk, changes), (table, "u", pk, old))
-            row_values = table._row(pos)
-        return table._instance(pk, row_values)
+        return self._write(("u", table.name, pk, changes))
 
     def drop(self, model: Any, row: Any, cascade: bool = False) -> int:
         """Delete the row *row* (a pk or an instance); return how many rows went.
@@ -1008,20 +1024,7 @@ class Database:
         such row.
         """
         table = self.table(model)
-        pk = self._pk_of(table, row)
-        with self.lock:
-            self._wait_turn()
-            if pk not in table.index:
-                raise DoesNotExist(f"no {table.name} with pk {pk!r}")
-            doomed = self._doomed(table, pk, cascade)
-            for victim, pks in doomed.items():
-                for victim_pk in pks:
-                    pos = victim.index[victim_pk]
-                    undo = (victim, "d", victim_pk, pos, victim._row(pos), victim.compactions) \
-                        if self._local.tx is not None else ()
-                    victim._kill(pos)
-                    self._record(("d", victim.name, victim_pk), undo)
-            return sum(len(pks) for pks in doomed.values())
+        return self._write(("d", table.name, self._pk_of(table, row), bool(cascade)))
 
     def _doomed(self, table: Table, pk: str, cascade: bool) -> dict[Table, list[str]]:
         """Return every row a drop takes with it, or raise IntegrityError (lock held)."""
@@ -1052,32 +1055,97 @@ class Database:
         """Return ``(row, False)`` for the one row matching *fields*, else create it.
 
         The new row gets *fields* plus *defaults*; the look-up and the insert are
-        one step, so two threads never both create it.
+        one step, so two threads (or, replicated, two nodes) never both create it.
         """
         table = self.table(model)
         values = dict(fields)
         values.update(defaults or {})
-        while True:
-            found = self.get(table.model, **fields)
-            if found is not None:
-                return found, False
-            with self.lock:
-                version = table.version
-            candidate = table.model(**values)
-            with self.lock:
+        found = self.get(table.model, **fields)
+        if found is not None:
+            return found, False
+        candidate = table.model(**values)   # outside the lock: setters may be slow
+        d = candidate.__dict__
+        lookup = {name: d[name] if name in d else value for name, value in fields.items()}
+        row = tuple(d[n] for n in table.schema.names)
+        return self._write(("g", table.name, lookup, d["pk"], row, "pk" in values))
+
+    def _write(self, op: tuple) -> Any:
+        """Make one write op (see above) and return what applying it decided."""
+        replica = self.replica
+        if replica is not None:
+            return replica.submit(op)
+        with self.lock:
+            if self._owner is not None:
                 self._wait_turn()
-                if table.version != version and len(self._select(table, fields)):
-                    continue   # someone created it meanwhile: fetch theirs
-                pk = candidate.__dict__["pk"]
-                if pk in table.index:
-                    if "pk" in values:
-                        table._duplicate(pk)
-                    pk = candidate.__dict__["pk"] = new_pk()
-                row = {n: candidate.__dict__[n] for n in table.schema.names}
-                table._check_refs(row)
-                table._insert(pk, tuple(row.values()))
-                self._record(("c", table.name, (pk,) + tuple(row.values())), (table, "c", pk))
-            return table._instance(pk, row), True
+            return self._apply(op, None, True)
+
+    def _apply(self, op: tuple, position: str | None, answer: bool) -> Any:
+        """Apply one write op to the tables and return its result (lock held).
+
+        *position* is the op's place in the replication log (None for a local
+        write): a made-up pk that is taken is replaced by one derived from it, so
+        every node picks the same. *answer* asks for the instances a caller gets
+        back (only the node whose caller waits needs them). Raises before changing
+        anything when the op cannot be made; journals what it changed.
+        """
+        kind, table = op[0], self._tables[op[1]]
+        # A local write belongs to this thread's transaction, if one is open; an op of
+        # the replication log is committed already, wherever it is applied.
+        tx = self._local.tx if position is None else None
+        if kind == "c":
+            return self._insert(table, op[2], op[3], op[4], position, tx)
+        if kind == "u":
+            pk, changes = op[2], op[3]
+            pos = table.index.get(pk)
+            if pos is None:
+                raise DoesNotExist(f"no {table.name} with pk {pk!r}")
+            table._check_refs(changes)
+            if changes:
+                old = {name: table._value(name, pos) for name in changes} \
+                    if tx is not None else None   # what an undo needs
+                table._set(pos, changes)
+                self._record(("u", table.name, pk, changes), (table, "u", pk, old), tx)
+            return table._instance(pk, table._row(pos)) if answer else pk
+        if kind == "d":
+            pk = op[2]
+            if pk not in table.index:
+                raise DoesNotExist(f"no {table.name} with pk {pk!r}")
+            doomed = self._doomed(table, pk, op[3])
+            for victim, pks in doomed.items():
+                for victim_pk in pks:
+                    pos = victim.index[victim_pk]
+                    undo = (victim, "d", victim_pk, pos, victim._row(pos), victim.compactions) \
+                        if tx is not None else ()
+                    victim._kill(pos)
+                    self._record(("d", victim.name, victim_pk), undo, tx)
+            return sum(len(pks) for pks in doomed.values())
+        if kind == "g":
+            lookup, row = op[2], op[4]
+            found = self._select(table, dict(lookup))
+            if len(found) > 1:
+                shown = ", ".join(f"{k}={v!r}" for k, v in lookup.items())
+                raise MultipleRowsFound(f"{table.name}: several rows match {shown}")
+            if len(found):
+                pk = table._value("pk", int(found[0]))
+                return (table._instance(pk, table._row(int(found[0]))) if answer else pk,
+                        False)
+            pk = self._insert(table, op[3], row, op[5], position, tx)
+            names = table.schema.names
+            return (table._instance(pk, dict(zip(names, row, strict=True))) if answer
+                    else pk, True)
+        raise DatabaseError(f"unknown write op {kind!r}")
+
+    def _insert(self, table: Table, pk: str, row: tuple, given: bool,
+                position: str | None, tx: Transaction | None) -> str:
+        """Insert one checked row and record it; return its pk (lock held)."""
+        if pk in table.index:
+            if given:
+                table._duplicate(pk)
+            pk = _free_pk(table, position)
+        table._check_refs(dict(zip(table.schema.names, row, strict=True)))
+        table._insert(pk, row)
+        self._record(("c", table.name, (pk,) + tuple(row)), (table, "c", pk), tx)
+        return pk
 
     # --- transactions -----------------------------------------------------------------
 
@@ -1100,14 +1168,13 @@ class Database:
         """
         return Transaction(self)
 
-    def _record(self, record: tuple, undo: tuple) -> None:
-        """Hand a write on: to this thread's transaction, or to the journal (lock held).
+    def _record(self, record: tuple, undo: tuple, tx: Transaction | None) -> None:
+        """Hand a write on: to the transaction *tx*, or to the journal (lock held).
 
         Every write ends here once the tables are changed; *undo* says how to take
         it back (``(table, 'c', pk)``, ``(table, 'u', pk, old values)``, ``(table,
         'd', pk, slot, values, compactions)``).
         """
-        tx = self._local.tx
         if tx is None:
             self._journal(record)
             return
@@ -1151,6 +1218,18 @@ class Database:
         journal = self.journal
         if journal is not None:
             self._local.seq = journal.append(record)
+
+    def sync(self) -> None:
+        """Wait until this node holds every write recorded so far on any node.
+
+        A node reads its own writes at once; another node's writes arrive
+        within the replication lag (about a Redis round trip). Call this before a
+        read that must see them, e.g. a login that finds no such user. A no-op
+        without replication. Raises Unavailable when the stream cannot be reached.
+        """
+        replica = self.replica
+        if replica is not None:
+            replica.sync()
 
     def commit(self) -> None:
         """Wait until every write this thread made is durable (no-op without a journal)."""
@@ -1539,6 +1618,22 @@ class Database:
             if pos is not None:
                 table._kill(pos)
         return None
+
+
+def _free_pk(table: Table, position: str | None) -> str:
+    """Return a pk no row of *table* has: random, or derived from a log position."""
+    if position is None:
+        pk = new_pk()
+        while pk in table.index:
+            pk = new_pk()
+        return pk
+    n = 0
+    while True:
+        digest = hashlib.blake2b(f"{position}/{table.name}/{n}".encode(), digest_size=8)
+        pk = digest.hexdigest()
+        if pk not in table.index:
+            return pk
+        n += 1
 
 
 def _index_add(index: dict[Any, Any], value: Any, pos: int) -> None:

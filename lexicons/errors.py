@@ -22,6 +22,7 @@ builtin, so callers may catch either::
      |    +-- MultipleRowsFound (LookupError) several rows matched where one was expected
      |    +-- IntegrityError                 a write would leave a reference pointing at nothing
      |    +-- StorageError (OSError)         a data file or journal is damaged or unwritable
+     |    +-- Unavailable (ConnectionError)  a replicated write cannot reach its stream
      +-- TaskError (RuntimeError)            a task is declared wrongly, or a required one failed
 """
 from __future__ import annotations
@@ -111,6 +112,10 @@ class IntegrityError(DatabaseError):
 
 class StorageError(DatabaseError, OSError):
     """A data file or the journal is damaged or cannot be written."""
+
+
+class Unavailable(DatabaseError, ConnectionError):
+    """A replicated database cannot take a write now (its Redis Stream is out of reach)."""
 
 
 class TaskError(LexiconsError, RuntimeError):

@@ -226,6 +226,11 @@ def _check_backplane(value: str) -> None:
         raise SettingsError("expected 'memory' or a redis:// URL")
 
 
+def _check_database(value: str) -> None:
+    if value != "journal" and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError("expected 'journal' or a redis:// URL")
+
+
 def _check_filters(value: dict) -> None:
     from .filters import check_setting  # the stages are the filters module's to name
     check_setting(value)
@@ -371,6 +376,19 @@ declare("DB_FSYNC", "everysec", choice("always", "everysec", "no"),
         section="data")
 declare("SNAPSHOT_INTERVAL", 300.0, number(0),
         "seconds between CSV snapshots of changed tables (0: only at stop)", section="data")
+declare("DATABASE", "journal", STR,
+        "'journal' (this node's own data) or a redis:// URL: every node applies every write "
+        "from one Redis Stream, so a cluster shares one data set", section="data",
+        check=_check_database)
+declare("DATABASE_STREAM", "lexicons:db", STR,
+        "replicated database: the Redis Stream of the writes (one per deployment)",
+        section="data")
+declare("DATABASE_TIMEOUT", 10.0, number(0.1),
+        "replicated database: seconds a recorded write may take to be applied here, and "
+        "start-up waits to catch up with the stream", section="data")
+declare("DATABASE_NODE_TIMEOUT", 300.0, number(1),
+        "replicated database: seconds a silent node keeps the stream from being trimmed "
+        "below its position (later, it restarts from the shared snapshot)", section="data")
 
 # scale-out and integrations
 declare("BACKPLANE", "memory", STR,

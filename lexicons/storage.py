@@ -460,6 +460,15 @@ def _decode_json(path: str, field: Field, row: int, text: str) -> Any:
 # --- the data directory ----------------------------------------------------------------------
 
 
+def make_data_dir(path: str) -> None:
+    """Create the data directory if need be; StorageError naming it when that fails."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create data directory {path}: {exc}") from exc
+
+
+
 class Storage:
     """Load, journal and snapshot a Database in a data directory (see the module docstring)."""
 
@@ -496,10 +505,7 @@ class Storage:
 
     def load(self) -> dict[str, int]:
         """Load every table's CSV, then replay the journal files; return rows per table."""
-        try:
-            os.makedirs(self.data_dir, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"cannot create data directory {self.data_dir}: {exc}") from exc
+        make_data_dir(self.data_dir)
         self.lock.acquire()  # before reading: another process may be writing here
         try:
             return self._load()

@@ -32,7 +32,7 @@ from typing import Any
 from lexicons import http
 from lexicons.arguments import Arguments
 from lexicons.connection import Peer
-from lexicons.errors import CallError, NotPermitted, ServiceError
+from lexicons.errors import CallError, NotPermitted, ServiceError, Unavailable
 from lexicons.events import Request
 from lexicons.header import HeaderBlock, header_arguments, header_name, is_header, run_header
 from lexicons.pool import Pool
@@ -320,6 +320,8 @@ class GateService(Service):
             ok, reason = False, str(exc) or "not permitted"
         except CallError as exc:
             ok, reason = False, str(exc) or "refused"
+        except Unavailable as exc:   # a replicated database without its stream: try later
+            raise Refusal(503, f"header {name}: {exc}") from None
         finally:
             if db is not None:
                 db.commit()

@@ -33,7 +33,7 @@ from typing import Any
 from lexicons import aio, filters, protocol
 from lexicons.channel import Presence, Subscribe, Unsubscribe
 from lexicons.connection import Connection
-from lexicons.errors import CallError, NotPermitted, ServiceError
+from lexicons.errors import CallError, NotPermitted, ServiceError, Unavailable
 from lexicons.events import Rejected
 from lexicons.frames import text_frame
 from lexicons.metrics import ERROR, FAILED, OK, CallStats, clock
@@ -216,6 +216,10 @@ class RouterService(Service):
             result = self._execute(signal, kwargs)
         except CallError as exc:
             error = str(exc) or f"{name} refused"
+            outcome = ERROR
+        except Unavailable as exc:   # a replicated database without its stream
+            self.log.warning("signal %s: %s", name, exc)
+            error = f"{name} failed: {exc}"
             outcome = ERROR
         except Exception:
             self.failures += 1

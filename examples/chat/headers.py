@@ -41,6 +41,9 @@ class Login(Header):
 
     def execute(self, name: str, password: str, ws: Any, db: Any) -> bool:
         user = db.get(User, name=name)
+        if user is None:   # registered a moment ago on another node of a cluster?
+            db.sync()
+            user = db.get(User, name=name)
         known = verify_password(password, user.password_hash if user else NOBODY)
         if user is None or not known:
             raise NotPermitted("wrong name or password")

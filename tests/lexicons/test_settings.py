@@ -44,6 +44,7 @@ def test_environment_overrides_file(tmp_path):
     ({"LEXICONS_LOG_LEVEL": "LOUD"}, ["LOG_LEVEL", "one of"]),
     ({"LEXICONS_PROT": "1"}, ["LEXICONS_PROT", "names no setting"]),
     ({"LEXICONS_BACKPLANE": "kafka://x"}, ["BACKPLANE", "redis://"]),
+    ({"LEXICONS_DATABASE": "postgres://x"}, ["DATABASE", "journal", "redis://"]),
     ({"LEXICONS_RESTART_BACKOFF": "-1"}, ["RESTART_BACKOFF", ">= 0"]),
 ])
 def test_bad_environment_names_the_setting(env, words):

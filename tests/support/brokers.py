@@ -56,7 +56,7 @@ def free_port() -> int:
 class PrivateRedis:
     """A redis-server of the test's own, on a free port, that can be stopped and restarted."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, appendonly: bool = False):
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("this test needs the redis-server program: run `bin/setup --test` "
@@ -66,12 +66,15 @@ class PrivateRedis:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen | None = None
+        # appendonly: every write is in the AOF file, fsynced, before Redis answers it
+        self.persistence = (["--appendonly", "yes", "--appendfsync", "always"] if appendonly
+                            else ["--appendonly", "no"])
 
     def start(self, timeout: float = 10.0) -> None:
         """Start the server and wait until it accepts connections."""
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory), "--daemonize", "no",
+             *self.persistence, "--dir", str(self.directory), "--daemonize", "no",
              "--logfile", os.path.join(self.directory, "redis.log")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
@@ -79,6 +82,13 @@ class PrivateRedis:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"private redis-server on port {self.port} did not start")
             time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL the server (no shutdown save) and wait for it to exit."""
+        process, self.process = self.process, None
+        if process is not None:
+            process.kill()
+            process.wait(5)
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and wait for it to exit."""
