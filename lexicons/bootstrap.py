@@ -39,6 +39,34 @@ log = logging.getLogger("lexicons")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
 
+class BriefFormatter(logging.Formatter):
+    """Format a record on one line, its traceback left out unless ``lexicons`` logs DEBUG.
+
+    For a log that is the operator's terminal (``LOG_PATH = "-"``): a refused start
+    reads as its reason, not as a traceback. Files and the journal keep tracebacks.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not (record.exc_info or record.exc_text or record.stack_info) or \
+                logging.getLogger("lexicons").isEnabledFor(logging.DEBUG):
+            return super().format(record)
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return super().format(record) + " (traceback with --debug)"
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def _stderr_is_journal() -> bool:
+    """Tell whether standard error is systemd's journal (JOURNAL_STREAM names it)."""
+    try:
+        info = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return os.environ.get("JOURNAL_STREAM") == f"{info.st_dev}:{info.st_ino}"
+
+
 class Bootstrap:
     """Start and stop one lexicons daemon inside the current process."""
 
@@ -46,8 +74,9 @@ class Bootstrap:
 
     def __init__(self, settings: Settings, app: Application | None = None, *,
                  handle_signals: bool | None = None, configure_logging: bool = True,
-                 notifier: Notifier | None = None):
+                 notifier: Notifier | None = None, tracebacks: bool = False):
         self.settings = settings
+        self.tracebacks = tracebacks  # on standard error too, whatever LOG_LEVEL says
         self.app = app
         self.handle_signals = handle_signals
         self.configure_logging = configure_logging
@@ -226,13 +255,20 @@ class Bootstrap:
 
     def _setup_logging(self) -> None:
         path = self.settings.LOG_PATH
+        formatter = logging.Formatter(LOG_FORMAT)
         if path == "-":
             handler: logging.Handler = logging.StreamHandler(sys.stderr)
+            if not (self.tracebacks or _stderr_is_journal()):
+                formatter = BriefFormatter(LOG_FORMAT)
         else:
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            # WatchedFileHandler reopens the file when logrotate moves it away
-            handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+            try:
+                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                # WatchedFileHandler reopens the file when logrotate moves it away
+                handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+            except OSError as exc:
+                raise SettingsError(f"LOG_PATH: cannot open {path}: "
+                                    f"{exc.strerror or exc}") from exc
+        handler.setFormatter(formatter)
         logger = logging.getLogger("lexicons")
         logger.addHandler(handler)
         logger.setLevel(self.settings.LOG_LEVEL)

@@ -64,7 +64,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         return EXIT_FAIL
     _prepare_imports(settings)
     if args.foreground:
-        return _run_foreground(settings)
+        return _run_foreground(settings, args.debug)
     if settings.LOG_PATH == "-":
         print("LOG_PATH '-' (standard error) needs --foreground: a daemon has no terminal",
               file=sys.stderr)
@@ -72,17 +72,27 @@ def cmd_start(args: argparse.Namespace) -> int:
     return _daemonize(settings)
 
 
-def _run_foreground(settings: settings_mod.Settings) -> int:
+def _run_foreground(settings: settings_mod.Settings, debug: bool = False) -> int:
     from .bootstrap import Bootstrap
 
     try:
-        return Bootstrap(settings).run()
+        return Bootstrap(settings, tracebacks=debug).run()
     except SettingsError as exc:
+        _traceback_if(debug)
         print(f"lexiconsd: bad settings: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except LexiconsError as exc:
+        _traceback_if(debug)
         print(f"lexiconsd: {exc}", file=sys.stderr)
         return EXIT_FAIL
+
+
+def _traceback_if(debug: bool) -> None:
+    """Print the exception being handled with its traceback, for --debug."""
+    if debug:
+        import traceback
+
+        traceback.print_exc()
 
 
 def _daemonize(settings: settings_mod.Settings) -> int:
@@ -341,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--settings", metavar="FILE",
                        help="settings module (default: $LEXICONS_SETTINGS, else ./settings.py)")
+        p.add_argument("--debug", action="store_true",
+                       help="show tracebacks on the terminal (LOG_LEVEL=DEBUG does too)")
         return p
 
     from .fws.cli import add_arguments as add_fws_arguments
@@ -389,6 +401,12 @@ def main(argv: list[str] | None = None) -> int:
         # the reader went away (`lexiconsd status | head`): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except Exception as exc:  # one clear line for the operator; the traceback on request
+        debug = args.debug or os.environ.get("LEXICONS_LOG_LEVEL", "").upper() == "DEBUG"
+        _traceback_if(debug)
+        print(f"lexiconsd: {type(exc).__name__}: {exc}"
+              + ("" if debug else " (traceback with --debug)"), file=sys.stderr)
+        return EXIT_FAIL
 
 
 if __name__ == "__main__":

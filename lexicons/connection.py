@@ -49,6 +49,10 @@ finished and the close frame went out (or the timeout passed), so a file
 descriptor is never closed under a thread still using it, and every socket
 is closed explicitly. If a peer does not answer a close in time the flusher
 shuts the socket down, which wakes the reader.
+
+After a protocol violation (1002, 1007) the FIN follows the close frame at
+once (``shutdown(SHUT_WR)``: the server closes TCP first) and the reader only
+drains until the peer's FIN.
 """
 from __future__ import annotations
 
@@ -464,6 +468,27 @@ class Connection(Base):
             elif kind is Violation:
                 log.debug("connection %s: %s (%d)", self.id, event.reason, event.code)
                 self.close(event.code, event.reason)
+                if self.decoder.closed and not self._end_output():
+                    return False
+        return True
+
+    def _end_output(self) -> bool:
+        """Send FIN right behind the close frame of a violation; False if it is still queued.
+
+        Nothing more will be decoded, so the server closes the TCP connection first
+        (RFC 6455 7.1.1) instead of waiting ``close_timeout`` for a close the peer may
+        never send. Only the write side is shut: the reader goes on draining until the
+        peer's FIN (closing with unread data would send a reset that can destroy the
+        close frame in flight), and only the flusher closes the fd. With the frame
+        still queued the reader stops instead and the flusher closes once it is out.
+        """
+        with self.lock:
+            if self.out:
+                return False
+            try:
+                self.raw.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
         return True
 
     def _dispatch(self, data: str | bytes) -> None:

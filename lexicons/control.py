@@ -18,6 +18,7 @@ import socket
 from typing import Any
 
 from .errors import ControlError, ProtocolError
+from .protocol import parse_json
 
 MAX_LINE = 64 * 1024
 
@@ -30,7 +31,7 @@ def encode(message: dict[str, Any]) -> bytes:
 def decode_request(line: bytes) -> dict[str, Any]:
     """Parse one request line; ProtocolError says what is wrong with it."""
     try:
-        message = json.loads(line.decode("utf-8"))
+        message = parse_json(line.decode("utf-8"))
     except UnicodeDecodeError:
         raise ProtocolError("request is not UTF-8 text") from None
     except json.JSONDecodeError as exc:

@@ -86,7 +86,10 @@ class LockFile:
         """Take the lock, or raise LockError naming the pid that holds it."""
         directory = os.path.dirname(self.path)
         if directory:
-            os.makedirs(directory, exist_ok=True)
+            try:
+                os.makedirs(directory, exist_ok=True)
+            except OSError as exc:
+                raise LockError(f"cannot open lock file {self.path}: {exc.strerror}") from exc
         fd = _lock_exclusive(self.path, lambda pid: (
             f"lexiconsd is already running (pid {pid or 'unknown'}, lock {self.path})"))
         previous = read_pid(self.path)

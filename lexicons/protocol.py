@@ -28,6 +28,8 @@ import difflib
 import json
 import json.encoder
 import json.scanner
+import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -84,14 +86,31 @@ def encode_json(value: Any) -> str:
 
 
 def parse_json(text: str) -> Any:
-    """Parse JSON text; raise json.JSONDecodeError (or RecursionError) if it is not."""
+    """Parse JSON text; raise json.JSONDecodeError (or RecursionError) if it is not.
+
+    An integer longer than Python converts (``sys.get_int_max_str_digits()``, 4300
+    digits by default) is a JSONDecodeError "number too long" too, not a ValueError.
+    """
     try:
-        value, end = _scan(text, 0)
-    except StopIteration:
-        return json.loads(text)  # leading whitespace, or an error to describe
-    if end != len(text) and text[end:].strip():
-        return json.loads(text)  # raises "Extra data"
-    return value
+        try:
+            value, end = _scan(text, 0)
+        except StopIteration:
+            return json.loads(text)  # leading whitespace, or an error to describe
+        if end != len(text) and text[end:].strip():
+            return json.loads(text)  # raises "Extra data"
+        return value
+    except json.JSONDecodeError:
+        raise
+    except ValueError:
+        raise _too_long(text) from None
+
+
+def _too_long(text: str) -> json.JSONDecodeError:
+    """Return the error for a JSON integer with more digits than int() accepts."""
+    limit = sys.get_int_max_str_digits()
+    match = re.search(rf"\d{{{limit + 1}}}", text) if limit else None
+    return json.JSONDecodeError(f"number too long (more than {limit} digits)", text,
+                                match.start() if match else 0)
 
 
 def reply(name: str, payload: Any, call_id: Any = None) -> str:

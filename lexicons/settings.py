@@ -403,7 +403,7 @@ declare("BACKPLANE_PREFIX", "lexicons", STR,
 declare("BACKPLANE_QUEUE", 100000, integer(1),
         "broadcasts waiting to be sent to Redis; past that they are dropped for other nodes",
         section="integration")
-declare("BACKPLANE_RETRY_MAX", 5.0, number(0.01),
+declare("BACKPLANE_RETRY_MAX", 0.5, number(0.01),
         "longest delay between two attempts to reach Redis again", section="integration")
 declare("HISTORY_MAX_SIZE", 10000, integer(1),
         "largest history_size a Channel class may declare (publications kept per channel)",

@@ -200,6 +200,7 @@ def read_table(path: str, schema: Schema) -> Loaded:
         raise StorageError(f"{path}: column {duplicates[0]!r} appears twice in the header")
     cells = _read_arrow(path, header, schema)
     if cells is None:   # Arrow refused the file: pandas reads it, or says what is wrong
+        _check_rows(path, header)
         dtypes: dict[str, Any] = {}
         for name in header:
             field = schema.fields.get(name)
@@ -271,13 +272,48 @@ _DTYPE = {"int": "int64", "float": "float64"}
 
 def _read_header(path: str) -> list[str]:
     try:
-        with open(path, encoding="utf-8", errors="surrogatepass", newline="") as handle:
-            header = next(csv.reader(handle), None)
+        with open(path, "rb") as handle:
+            # decode only the lines the header takes: damage further on is not in it
+            lines = (line.decode("utf-8", "surrogatepass") for line in handle)
+            header = next(csv.reader(lines), None)
     except (OSError, csv.Error, UnicodeDecodeError) as exc:
         raise StorageError(f"{path}: cannot read the header: {exc}") from exc
     if not header:
         raise StorageError(f"{path}: the file is empty (no header row)")
     return header
+
+
+def _check_rows(path: str, header: list[str]) -> None:
+    """Raise StorageError naming the first damaged row: bytes that are not UTF-8 text
+    (with their offset in the file), or a row with more or fewer cells than the header."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    offset = 0
+    rows = 0  # records read so far, the header included
+
+    def lines():
+        nonlocal offset
+        for line in io.BytesIO(data):
+            try:
+                text = line.decode("utf-8", "surrogatepass")
+            except UnicodeDecodeError as exc:
+                raise StorageError(f"{path}: row {rows} (after the header), byte "
+                                   f"{offset + exc.start} of the file: not UTF-8 text "
+                                   f"(damaged or binary data)") from None
+            offset += len(line)
+            yield text
+
+    try:
+        for cells in csv.reader(lines()):
+            if rows and cells and len(cells) != len(header):
+                if len(cells) > len(header):
+                    raise StorageError(f"{path}: row {rows} (after the header) has "
+                                       f"{len(cells)} cells, the header has {len(header)}")
+                raise _bad_cell(path, rows, header[len(cells)], "",
+                                f"the row has {len(cells)} cells, the header {len(header)}")
+            rows += 1
+    except csv.Error as exc:
+        raise StorageError(f"{path}: row {rows} (after the header): {exc}") from None
 
 
 def _check_cell_counts(path: str, header: list[str], frame: pd.DataFrame) -> None:
@@ -410,9 +446,13 @@ def _decode_column(path: str, field: Field, cells: np.ndarray) -> Any:
 
 def _decode_json(path: str, field: Field, row: int, text: str) -> Any:
     try:
-        return field.from_json(json.loads(text))
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise _bad_cell(path, row, field.name, text, f"not JSON ({exc.msg})") from None
+    except ValueError:  # an integer of more digits than int() converts
+        raise _bad_cell(path, row, field.name, text, "not JSON (number too long)") from None
+    try:
+        return field.from_json(value)
     except ValidationError as exc:
         raise _bad_cell(path, row, field.name, text, str(exc)) from None
 

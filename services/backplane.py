@@ -209,6 +209,7 @@ class BackplaneService(Service):
         self._events_ready = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pubsub: Any = None
+        self._pubsub_client: Any = None
         self._publisher: Any = None
 
     # --- the interface of the rooms service -----------------------------------------
@@ -565,7 +566,11 @@ class BackplaneService(Service):
 
     def _open_pubsub(self) -> None:
         self._close_pubsub()
-        client = self._client()
+        # The client is kept as long as its pubsub: a dropped redis.Redis closes its
+        # pool when collected, which cut the pubsub connection just subscribed; redis-py
+        # then reconnected and resubscribed behind our back, and what was published
+        # meanwhile was lost while synced() already said yes.
+        self._pubsub_client = client = self._client()
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         self._pubsub = pubsub
         self._subscribed = set()
@@ -674,11 +679,13 @@ class BackplaneService(Service):
 
     def _close_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            try:
-                pubsub.close()
-            except Exception:  # closing a broken connection may fail; it is gone anyway
-                pass
+        client, self._pubsub_client = self._pubsub_client, None
+        for part in (pubsub, client):
+            if part is not None:
+                try:
+                    part.close()
+                except Exception:  # closing a broken connection may fail; it is gone anyway
+                    pass
 
     # publisher
 

@@ -4,6 +4,12 @@ One thread serves every client with a selector. The socket file is created
 with mode 0600 and every connecting peer's uid is checked (SO_PEERCRED): only
 the daemon's own user (or root) is served. A client that sends garbage gets an
 error reply and is disconnected; nothing a client sends can stop the service.
+
+The operator always gets in: a request line must be complete within
+``REQUEST_DEADLINE`` seconds of its first byte (else an error reply and the
+connection is closed), and when ``MAX_CLIENTS`` are connected the client idle
+the longest makes room for the new one. So clients that connect and send half
+a line, or nothing, cannot hold the socket.
 """
 from __future__ import annotations
 
@@ -20,18 +26,22 @@ from lexicons import control
 from lexicons.errors import LexiconsError, ProtocolError, ServiceError
 from lexicons.service import Service
 
+#: Seconds a client may stay connected without sending anything.
 CLIENT_IDLE = 30.0
+#: Seconds from the first byte of a request line to its end.
+REQUEST_DEADLINE = 2.0
 MAX_CLIENTS = 64
 
 
 class _Client:
-    __slots__ = ("sock", "inbox", "outbox", "seen", "closing")
+    __slots__ = ("sock", "inbox", "outbox", "seen", "started", "closing")
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.inbox = b""
         self.outbox = b""
         self.seen = time.monotonic()
+        self.started = 0.0  # when the first byte of the unfinished line in inbox came
         self.closing = False
 
 
@@ -48,6 +58,7 @@ class ControlService(Service):
         self._wake_r, self._wake_w = socket.socketpair()
         self.served = 0
         self.refused = 0
+        self.dropped = 0  # clients cut off: a line too slow, or idle when room was needed
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -110,7 +121,8 @@ class ControlService(Service):
         self._wake_w.close()
 
     def info(self) -> dict[str, Any]:
-        return {"socket": self.path, "served": self.served, "refused": self.refused}
+        return {"socket": self.path, "served": self.served, "refused": self.refused,
+                "dropped": self.dropped}
 
     # --- the loop --------------------------------------------------------------------
 
@@ -122,7 +134,7 @@ class ControlService(Service):
             sel.register(self._wake_r, selectors.EVENT_READ, "wake")
             try:
                 while not self.stopping.is_set():
-                    for key, mask in sel.select(1.0):
+                    for key, mask in sel.select(self._tick(clients)):
                         if key.data == "wake":
                             self._wake_r.recv(64)
                         elif key.data is None:
@@ -148,7 +160,7 @@ class ControlService(Service):
     def _admit(self, sel: selectors.BaseSelector, clients: dict, sock: socket.socket) -> None:
         sock.setblocking(False)
         client = _Client(sock)
-        if len(clients) >= MAX_CLIENTS:
+        if len(clients) >= MAX_CLIENTS and not self._make_room(sel, clients):
             self.refused += 1
             self._send_now(sock, control.reply_error("too many control clients"))
             sock.close()
@@ -160,6 +172,18 @@ class ControlService(Service):
             return
         clients[sock] = client
         sel.register(sock, selectors.EVENT_READ, client)
+
+    def _make_room(self, sel: selectors.BaseSelector, clients: dict) -> bool:
+        """Drop the client idle the longest (not one being answered); False if none is."""
+        idle = [c for c in clients.values() if not c.outbox and not c.closing]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda c: c.seen)
+        self.dropped += 1
+        self._send_now(oldest.sock, control.reply_error(
+            "too many control clients: the longest idle one is dropped"))
+        self._drop(sel, clients, oldest)
+        return True
 
     def _peer_allowed(self, sock: socket.socket) -> bool:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -190,8 +214,12 @@ class ControlService(Service):
                 self._drop(sel, clients, client)
                 return
             if data:
+                if not client.inbox:
+                    client.started = client.seen
                 client.inbox += data
                 self._handle_lines(client)
+                if client.inbox and b"\n" in data:  # a new line began after the last one
+                    client.started = client.seen
         if mask & selectors.EVENT_WRITE or client.outbox:
             self._flush(sel, clients, client)
 
@@ -224,8 +252,21 @@ class ControlService(Service):
     def _expire(self, sel: selectors.BaseSelector, clients: dict) -> None:
         now = time.monotonic()
         for client in list(clients.values()):
-            if now - client.seen > CLIENT_IDLE:
+            if client.inbox and not client.closing and now - client.started > REQUEST_DEADLINE:
+                self.dropped += 1
+                self._send_now(client.sock, control.reply_error(
+                    f"request line not finished within {REQUEST_DEADLINE:g} s"))
                 self._drop(sel, clients, client)
+            elif now - client.seen > CLIENT_IDLE:
+                self._drop(sel, clients, client)
+
+    @staticmethod
+    def _tick(clients: dict) -> float:
+        """Return how long the loop may wait: until the next request deadline, 1 s at most."""
+        now = time.monotonic()
+        waits = [client.started + REQUEST_DEADLINE - now
+                 for client in clients.values() if client.inbox]
+        return max(0.01, min([1.0, *waits]))
 
     @staticmethod
     def _drop(sel: selectors.BaseSelector, clients: dict, client: _Client) -> None:

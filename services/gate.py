@@ -310,7 +310,7 @@ class GateService(Service):
              peer: Peer) -> tuple[bool, str]:
         try:
             kwargs = json.loads(raw)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # ValueError: also a number too long
             raise Refusal(400, f"header {name}: value is not valid JSON") from None
         if not isinstance(kwargs, dict):
             raise Refusal(400, f"header {name}: value must be a JSON object of arguments")

@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import time
 
 import pytest
 
@@ -277,3 +278,108 @@ def test_unknown_service_or_class_is_a_bad_setting(tmp_path, entry, reason):
         assert reason in (tmp_path / "lexiconsd.log").read_text()
     finally:
         kill_leftover_daemon(tmp_path)
+
+
+def test_status_and_stop_answer_while_control_clients_hog_the_socket(workdir):
+    """`lexiconsd status` and `stop` work, answered within 2 s more than usual, while 72
+    clients hold the control socket sending nothing or half a request."""
+    import socket
+
+    assert lexiconsd("start", cwd=workdir).returncode == 0
+    socks = []
+    try:
+        started = time.monotonic()
+        assert lexiconsd("status", cwd=workdir).returncode == 0
+        usual = time.monotonic() - started
+        for n in range(72):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(workdir / "run" / "lexiconsd.sock"))
+            if n % 2:
+                sock.sendall(b'{"command": "sta')
+            socks.append(sock)
+        started = time.monotonic()
+        status = lexiconsd("status", cwd=workdir)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert time.monotonic() - started < usual + 2.0
+        stopped = lexiconsd("stop", cwd=workdir)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+REFUSED = "lexiconsd: service failssetup failed to start: OSError: port already in use (on purpose)"
+
+
+def refusing(workdir):
+    write_settings_file(workdir, SERVICE_LIST=["services.control/ControlService",
+                                               "tests.support.services/FailsSetup"],
+                        LOCK_FILE="run/lexiconsd.pid", CONTROL_SOCKET="run/lexiconsd.sock",
+                        LOG_PATH="lexiconsd.log")
+
+
+@pytest.mark.parametrize("args, env, traceback", [
+    ((), {}, False),
+    (("--debug",), {}, True),
+    ((), {"LEXICONS_LOG_LEVEL": "DEBUG"}, True),
+])
+def test_refused_start_on_the_terminal_is_one_clear_line(workdir, args, env, traceback):
+    """A refused foreground start logging to the terminal ends with one line saying why;
+    the traceback shows only with --debug or LOG_LEVEL=DEBUG."""
+    refusing(workdir)
+    done = lexiconsd("start", "--foreground", *args, cwd=workdir,
+                     env={"LEXICONS_LOG_PATH": "-", **env})
+    assert done.returncode == 1
+    assert done.stderr.rstrip().splitlines()[-1] == REFUSED
+    assert ("Traceback" in done.stderr) is traceback, done.stderr
+    if not traceback:
+        assert "failssetup failed to set up (traceback with --debug)" in done.stderr
+
+
+def test_refused_start_prints_one_line_and_the_log_keeps_the_traceback(workdir):
+    """A refused start (daemon or foreground with a log file) prints exactly one line; the
+    log file has the whole story."""
+    refusing(workdir)
+    for args in ((), ("--foreground",)):
+        done = lexiconsd("start", *args, cwd=workdir)
+        assert done.returncode == 1
+        assert done.stderr.splitlines() == [REFUSED]
+    log = (workdir / "lexiconsd.log").read_text()
+    assert log.count("Traceback") == 2 and "port already in use (on purpose)" in log
+
+
+@pytest.mark.parametrize("env, code, line", [
+    ({"LEXICONS_LOG_PATH": "afile/lexiconsd.log"}, 6,
+     "lexiconsd: bad settings: LOG_PATH: cannot open {dir}/afile/lexiconsd.log: "),
+    ({"LEXICONS_LOCK_FILE": "afile/lexiconsd.pid", "LEXICONS_LOG_PATH": "-"}, 1,
+     "lexiconsd: cannot open lock file {dir}/afile/lexiconsd.pid: "),
+])
+def test_unusable_log_or_lock_path_is_one_line(workdir, env, code, line):
+    """A log or lock file that cannot be made is named in one line, no traceback."""
+    (workdir / "afile").write_text("a file where a directory is needed\n")
+    for args in ((), ("--foreground",)):
+        done = lexiconsd("start", *args, cwd=workdir, env=env)
+        assert done.returncode == code, done.stderr
+        [said] = done.stderr.splitlines()
+        assert said.startswith(line.format(dir=workdir)), said
+
+
+def test_the_journal_keeps_tracebacks(workdir):
+    """Under systemd (standard error is the journal named by JOURNAL_STREAM) a refused
+    start logs its traceback there: the journal is the log, not a terminal."""
+    import subprocess
+
+    from tests.support.daemon import LEXICONSD, ROOT
+
+    refusing(workdir)
+    journal = workdir / "journal"
+    with open(journal, "wb") as stream:
+        info = os.fstat(stream.fileno())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LEXICONS_")}
+        env.update(PYTHONPATH=str(ROOT), LEXICONS_LOG_PATH="-",
+                   JOURNAL_STREAM=f"{info.st_dev}:{info.st_ino}")
+        done = subprocess.run([*LEXICONSD, "start", "--foreground"], cwd=workdir, env=env,
+                              stdout=subprocess.DEVNULL, stderr=stream, timeout=60)
+    assert done.returncode == 1
+    text = journal.read_text()
+    assert "Traceback" in text and text.rstrip().splitlines()[-1] == REFUSED

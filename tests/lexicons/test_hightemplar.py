@@ -307,7 +307,8 @@ def test_other_types_are_not_allowed(text):
         {"requestId": CID, "code": "error", "message": "message-type-not-allowed"}]
 
 
-@pytest.mark.parametrize("text", ["", "pong", "PING", "ping ", "{", "{'a': 1}", "\x00"])
+@pytest.mark.parametrize("text", ["", "pong", "PING", "ping ", "{", "{'a': 1}", "\x00",
+                                  '{"type": "status", "n": ' + "9" * 5000 + "}"])
 def test_non_json_text(text):
     """Text that is not JSON (and not exactly ping) answers non-json-message."""
     assert replies(session().receive(text)) == [

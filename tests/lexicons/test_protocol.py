@@ -1,6 +1,7 @@
 """The native protocol: text in, calls or errors out; replies out as text (no network)."""
 import datetime
 import json
+import sys
 
 import pytest
 
@@ -84,6 +85,17 @@ def test_bad_input_gets_an_error_naming_the_problem(text, message):
 def test_deep_nesting_is_an_error_not_a_crash():
     """JSON nested beyond the parser's limit is reported as invalid JSON."""
     assert errors("[" * 100000 + "]" * 100000) == ("invalid JSON: nested too deeply",)
+
+
+def test_a_number_too_long_is_an_error_naming_it():
+    """An integer of more digits than Python converts is invalid JSON, said so with where."""
+    limit = sys.get_int_max_str_digits()
+    assert errors('{"Add": {"a": ' + "7" * 100000 + "}}") == (
+        f"invalid JSON: number too long (more than {limit} digits) at character 14",)
+    assert errors("[1, -" + "9" * (limit + 1) + "]")[0].startswith(
+        "invalid JSON: number too long")
+    # the longest number Python converts is still a number
+    assert errors('{"Nope": ' + "7" * limit + "}") == ("unknown signal 'Nope'",)
 
 
 def test_arguments_are_converted_to_their_annotation():

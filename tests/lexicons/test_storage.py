@@ -165,12 +165,15 @@ GOOD = "k1,x,null,1,,1.5,,true,,[],[],[],[],{},\r\n"
     ("k2,x,null,1,,1.5,,yes,,[],[],[],[],{},\r\n", "row 2 .*column 'b'"),
     ("k2,x,null,1,x,1.5,,true,,[],[],[],[],{},\r\n", "row 2 .*column 'maybe_i'"),
     ("k2,x,null,1,,1.5,,true,,[oops,[],[],[],{},\r\n", "row 2 .*column 'lst'.*not JSON"),
+    ("k2,x,null,1,,1.5,,true,,[" + "1" * 5000 + "],[],[],[],{},\r\n",
+     "row 2 .*column 'lst'.*number too long"),
     ("k2,x,null,1,,1.5,,true,,[],\"[\"\"a\"\"]\",[],[],{},\r\n", "row 2 .*column 'ints'"),
     ("k2,x,null,1,,1.5,,true,,[],[],[],[],[],\r\n", "row 2 .*column 'd'"),
     ("k2,x,5,1,,1.5,,true,,[],[],[],[],{},\r\n", "row 2 .*column 'maybe_s'"),
     ("k1,x,null,1,,1.5,,true,,[],[],[],[],{},\r\n", "row 2 .*column 'pk'.*same pk as row 1"),
     (",x,null,1,,1.5,,true,,[],[],[],[],{},\r\n", "row 2 .*column 'pk'.*empty"),
-    ("k2,x,null,1,,1.5,,true,,[],[],[],[],{},,extra\r\n", "Expected 15 fields"),
+    ("k2,x,null,1,,1.5,,true,,[],[],[],[],{},,extra\r\n",
+     r"row 2 \(after the header\) has 16 cells, the header has 15"),
     ("k2,x,null,1,,1.5,,true,,[],[],[],[],{}\r\n", "row 2 .*'club'.*14 cells, the header 15"),
     ("k2,x,null\r\n", "row 2 .*column 'i'"),
     ('k2,"x,y",null,1,,1.5,,true,,"[1,2]",[],[],[],{}\r\n', "row 2 .*column 'club'.*14 cells"),
@@ -183,6 +186,23 @@ def test_damaged_csv_stops_loading_and_is_left_alone(tmp_path, row, where):
         fresh(str(tmp_path))
     assert (tmp_path / "Kitchen.csv").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["Kitchen.csv", "lexicons.lock"]
+
+
+@pytest.mark.parametrize("garbage, damaged", [
+    (bytes(range(128, 256)) + bytes(range(128)), 0),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", 0),
+    (b"k2,\xc3\x28,null,1,,1.5,,true,,[],[],[],[],{},\r\n", 3),
+])
+def test_binary_garbage_after_the_rows_is_located(tmp_path, garbage, damaged):
+    """Bytes that are not UTF-8 text behind good rows are reported at their row and byte
+    offset, not as a damaged header; the file stays as it was."""
+    good = (HEADER + GOOD).encode("utf-8")
+    (tmp_path / "Kitchen.csv").write_bytes(good + garbage)
+    at = len(good) + damaged
+    with pytest.raises(StorageError, match=rf"Kitchen.csv: row 2 \(after the header\), "
+                                           rf"byte {at} of the file: not UTF-8 text"):
+        fresh(str(tmp_path))
+    assert (tmp_path / "Kitchen.csv").read_bytes() == good + garbage
 
 
 @pytest.mark.parametrize("text,where", [

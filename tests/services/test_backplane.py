@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pytest
@@ -9,6 +10,7 @@ import redis
 
 from lexicons.application import Application
 from lexicons.manager import ServiceManager
+from lexicons.settings import DECLARED
 from services.backplane import BackplaneService, Envelope, pack, unpack
 from tests.support.brokers import PrivateRedis, require_redis
 from tests.support.daemon import make_settings, wait_for
@@ -40,9 +42,9 @@ def nodes(tmp_path):
     managers: list[ServiceManager] = []
 
     def start(url: str = "memory", prefix: str | None = None, **overrides):
-        settings = make_settings(tmp_path, SERVICE_LIST=[BACKPLANE], BACKPLANE=url,
-                                 BACKPLANE_PREFIX=prefix or "test", BACKPLANE_RETRY_MAX=0.2,
-                                 **overrides)
+        values = {"SERVICE_LIST": [BACKPLANE], "BACKPLANE": url,
+                  "BACKPLANE_PREFIX": prefix or "test", "BACKPLANE_RETRY_MAX": 0.2, **overrides}
+        settings = make_settings(tmp_path, **values)
         manager = ServiceManager(settings, Application())
         manager.start()
         managers.append(manager)
@@ -360,6 +362,98 @@ def test_redis_outage_keeps_local_delivery_and_cluster_delivery_resumes(nodes, t
                  what="delivery after restart on a")
         assert b.info()["received"] == 2 and a.info()["received"] == 1
     finally:
+        server.stop()
+
+
+#: How soon cross-node delivery must work again once a restarted Redis answers.
+RESUME_WITHIN = 2.0
+
+
+def _first_delivery(sender, receiver, tag: str, timeout: float = 30.0) -> float:
+    """Publish numbered messages from *sender* until *receiver* gets one; return the seconds."""
+    started = time.monotonic()
+    n = 0
+    while not any(m.startswith(tag.encode()) for m in receiver.inbox.on("room")):
+        assert time.monotonic() - started < timeout, (sender.info(), receiver.info())
+        sender.publish("room", f"{tag} {n}".encode())
+        n += 1
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def test_cross_node_delivery_resumes_within_2_s_of_redis_answering_again(nodes, tmp_path):
+    """After an outage long enough for the retry backoff to reach its ceiling, both
+    directions deliver again within RESUME_WITHIN seconds of Redis answering."""
+    ceiling = DECLARED["BACKPLANE_RETRY_MAX"].default
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        prefix = unique_prefix()
+        a = nodes(server.url, prefix, BACKPLANE_RETRY_MAX=ceiling)
+        b = nodes(server.url, prefix, BACKPLANE_RETRY_MAX=ceiling)
+        for node in (a, b):
+            node.join("room")
+            assert node.wait_synced(10)
+        server.stop()
+        wait_for(lambda: a.degraded and b.degraded, what="both degraded")
+        outage = time.monotonic() + 7.0  # longer than any backoff ceiling takes to reach
+        while time.monotonic() < outage:  # both publishers find the outage too
+            a.publish("room", b"during")
+            b.publish("room", b"during")
+            time.sleep(0.2)
+        server.start()  # returns once Redis accepts connections
+        a_to_b = _first_delivery(a, b, "a")
+        b_to_a = _first_delivery(b, a, "b")
+        assert a_to_b < RESUME_WITHIN and b_to_a < RESUME_WITHIN, (a_to_b, b_to_a)
+    finally:
+        server.stop()
+
+
+def test_nothing_published_once_a_node_is_synced_is_lost(nodes, tmp_path):
+    """Every broadcast published after a node reports synced reaches it: the subscription
+    Redis confirmed is the one it reads, never silently replaced by another (Redis sees
+    each node connect twice, subscriber and publisher, and no more)."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    watcher = redis.Redis.from_url(server.url)
+    stop = threading.Event()
+    sent: list[int] = []
+    a = None
+
+    def publish() -> None:
+        n = 0
+        while not stop.is_set():
+            a.publish("room", str(n).encode())
+            sent.append(n)
+            n += 1
+            stop.wait(0.001)
+
+    thread = threading.Thread(target=publish)
+    try:
+        prefix = unique_prefix()
+        a = nodes(server.url, prefix)
+        a.join("room")
+        assert a.wait_synced(10)
+        thread.start()
+        for _ in range(5):
+            connections = watcher.info("stats")["total_connections_received"]
+            b = nodes(server.url, prefix)
+            b.join("room")
+            assert b.wait_synced(10)
+            first = len(sent) + 1  # published after synced() said yes
+            wait_for(lambda n=first: len(sent) > n + 100, what="100 more broadcasts")
+            wanted = set(range(first, len(sent)))
+
+            def all_there(node=b, wanted=wanted) -> bool:
+                return wanted <= {int(m) for m in node.inbox.on("room")}
+
+            wait_for(all_there, timeout=15, what=f"broadcasts from {first} on the new node")
+            assert watcher.info("stats")["total_connections_received"] - connections == 2
+    finally:
+        stop.set()
+        if thread.is_alive():
+            thread.join(10)
+        watcher.close()
         server.stop()
 
 

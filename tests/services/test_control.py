@@ -3,6 +3,7 @@ import json
 import os
 import socket
 import stat
+import time
 
 import pytest
 
@@ -10,6 +11,7 @@ from lexicons import control
 from lexicons.application import Application
 from lexicons.bootstrap import Bootstrap
 from lexicons.errors import ControlError, ProtocolError
+from services.control import MAX_CLIENTS, REQUEST_DEADLINE
 from tests.support.daemon import make_settings, wait_for
 
 SUPPORT = "tests.support.services"
@@ -88,6 +90,7 @@ def test_service_commands_are_offered(daemon):
     (b'"status"\n', "JSON object"),
     (b'{"command": "explode"}\n', "unknown command 'explode'"),
     (b'{"command": 5}\n', "'command'"),
+    (b'{"command": "status", "n": ' + b"9" * 5000 + b'}\n', "number too long"),
 ])
 def test_garbage_gets_an_error_and_service_survives(daemon, payload, words):
     """Garbage gets an error reply naming the problem; the service keeps serving."""
@@ -150,3 +153,64 @@ def test_no_daemon_is_a_clear_error(tmp_path):
     """Asking a socket nobody listens on says so."""
     with pytest.raises(ControlError, match="does not exist"):
         control.request(str(tmp_path / "none.sock"), "status")
+
+
+def abusers(path, silent: int, half: int) -> list[socket.socket]:
+    """Connect *silent* clients that send nothing and *half* that send half a request."""
+    socks = []
+    for n in range(silent + half):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect(path)
+        if n >= silent:
+            sock.sendall(b'{"command": "sta')
+        socks.append(sock)
+    return socks
+
+
+def test_idle_and_half_line_clients_cannot_lock_the_operator_out(daemon):
+    """With every client slot held by silent or half-line clients, status and stop still
+    answer within 2 s: the client idle the longest makes room."""
+    path = daemon.settings.CONTROL_SOCKET
+    socks = abusers(path, MAX_CLIENTS // 2, MAX_CLIENTS // 2 + 8)
+    try:
+        for command in ("status", "ping", "stop"):
+            started = time.monotonic()
+            assert control.request(path, command, timeout=10)
+            assert time.monotonic() - started < 2.0, command
+        assert daemon.manager.get_service("control").info()["dropped"] >= 8
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_a_request_line_not_finished_in_time_is_cut_off(daemon):
+    """Half a line gets an error naming the deadline, then the connection is closed;
+    a line sent in pieces within the deadline is served."""
+    path = daemon.settings.CONTROL_SOCKET
+    [sock] = abusers(path, 0, 1)
+    started = time.monotonic()
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    waited = time.monotonic() - started
+    sock.close()
+    reply = json.loads(data)
+    assert reply == {"ok": False, "error": f"request line not finished within "
+                                           f"{REQUEST_DEADLINE:g} s"}
+    assert REQUEST_DEADLINE * 0.9 <= waited < REQUEST_DEADLINE + 8  # room for a loaded host
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(path)
+    try:
+        sock.sendall(b'{"command": ')
+        time.sleep(REQUEST_DEADLINE / 4)
+        sock.sendall(b'"ping"}\n{"comm')
+        time.sleep(REQUEST_DEADLINE / 4)
+        sock.sendall(b'and": "ping"}\n')
+        data = b""
+        while data.count(b"\n") < 2:
+            data += sock.recv(65536)
+    finally:
+        sock.close()
+    assert [json.loads(line)["result"] for line in data.splitlines()] == ["pong", "pong"]

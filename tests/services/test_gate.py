@@ -96,6 +96,16 @@ def test_header_that_is_not_json_is_400():
                                              "arguments"
 
 
+def test_header_holding_a_number_too_long_is_400():
+    """A header whose JSON holds an integer of more digits than Python converts is a 400."""
+    with serving(app(), MAX_HEADER_SIZE=65536) as running:
+        value = '{"password": ' + "9" * 20000 + "}"
+        status, _, body = http_exchange(running.port,
+                                        upgrade_request(extra=f"Login: {value}\r\n"))
+        assert status == 400
+        assert json.loads(body)["reason"] == "header Login: value is not valid JSON"
+
+
 def test_header_arguments_are_checked():
     """A header missing an argument is a 400 naming it."""
     with serving(app()) as running:

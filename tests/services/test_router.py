@@ -3,6 +3,7 @@ import asyncio
 import contextlib
 import logging
 import struct
+import sys
 import threading
 import time
 
@@ -151,6 +152,19 @@ def test_bad_calls_get_a_clear_error_and_the_connection_stays_usable(server, mes
     raw.close()
 
 
+def test_a_number_too_long_gets_an_error_and_the_connection_stays_usable():
+    """A JSON integer of 100,000 digits gets an error naming it, not a close with 1011."""
+    limit = sys.get_int_max_str_digits()
+    with serving(Application(signals=SIGNALS)) as big:  # room for a 100 kB message
+        raw = big.raw()
+        raw.send_text('{"Add": {"a": ' + "1" * 100000 + "}}")
+        assert raw.recv_json() == [{"Errors": [
+            f"invalid JSON: number too long (more than {limit} digits) at character 14"]}]
+        raw.call({"Add": {"a": 2, "b": 3}})
+        assert raw.recv_json() == [{"Add": 5}]
+        raw.close()
+
+
 def test_errors_carry_no_traceback(server):
     """A failing signal's answer holds neither the exception text nor a traceback."""
     with server.client() as client:
@@ -219,6 +233,28 @@ def test_protocol_error_closes_with_1002(server):
     raw.sock.sendall(bytes((0x81, 2)) + b"hi")
     assert raw.expect_close() == (1002, "client frames must be masked")
     raw.close()
+
+
+@pytest.mark.parametrize("violation, close", [
+    (bytes((0x81, 2)) + b"hi", (1002, "client frames must be masked")),
+    (client_frame(OP_TEXT, b"\xc3\x28"), (1007, "text message is not valid UTF-8")),
+])
+def test_a_protocol_violation_is_followed_by_fin_at_once(violation, close):
+    """After a 1002/1007 close frame the server's FIN follows at once, not after
+    CLOSE_TIMEOUT, even with more bytes coming from the client; the close frame is
+    read whole (no reset), and the connection is gone once the client closes too."""
+    with serving(Application(signals=SIGNALS), CLOSE_TIMEOUT=30.0) as slow_close:
+        raw = slow_close.raw()
+        raw.sock.sendall(violation + b"x" * 65536)
+        assert raw.expect_close(10) == close
+        started = time.monotonic()
+        raw.sock.settimeout(20)
+        assert raw.buf + raw.sock.recv(65536) == b""  # a clean end of stream: FIN, no reset
+        assert time.monotonic() - started < 2.0  # CLOSE_TIMEOUT (30 s) would be the old wait
+        raw.close()
+        slow_close.wait_connections(0, timeout=10)
+        with slow_close.client() as client:
+            assert client.call("Echo", data="next") == "next"
 
 
 def test_client_leaving_in_the_middle_of_a_call(server):
