@@ -168,6 +168,17 @@ def test_returned_rows_share_no_container_with_the_tables(nodes):
     assert a.get(Owner, owner.pk).tags == {"x"} and a.get(Owner, owner.pk).extra == {"k": [1]}
 
 
+def canonical(value):
+    """Return the repr of *value* with sets in sorted order (NaN compares by its repr)."""
+    if isinstance(value, (set, frozenset)):
+        return "set(" + repr(sorted(value)) + ")"
+    if isinstance(value, (tuple, list)):
+        return type(value).__name__ + "(" + ", ".join(canonical(v) for v in value) + ")"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {canonical(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
 def test_write_ops_round_trip_through_json():
     """Sets, dicts, NaN, infinity, None and any text survive the stream encoding."""
     db = Database([Owner, Pet])
@@ -177,7 +188,7 @@ def test_write_ops_round_trip_through_json():
                ("d", "Owner", "p1", True),
                ("g", "Owner", {"name": "é"}, "p2", row, False)]:
         back = decode_op(db, encode_op(db, op))
-        assert repr(back) == repr(op)
+        assert canonical(back) == canonical(op)
     with pytest.raises(DatabaseError, match="2 values"):   # it does not fit the model
         decode_op(db, json.dumps(["c", "Owner", "p", [1, 2], False]).encode())
 
