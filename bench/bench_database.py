@@ -34,8 +34,8 @@ from collections.abc import Callable
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lexicons import Database, Model  # noqa: E402
-from lexicons.journal import Journal  # noqa: E402
-from lexicons.storage import Storage, read_table  # noqa: E402
+from lexicons.data.journal import Journal  # noqa: E402
+from lexicons.data.storage import Storage, read_table  # noqa: E402
 
 
 class Member(Model):

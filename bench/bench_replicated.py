@@ -42,8 +42,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench_database import _run_threads  # noqa: E402
 
 from lexicons import Database, Model  # noqa: E402
-from lexicons.journal import Journal  # noqa: E402
-from lexicons.replication import StreamLog  # noqa: E402
+from lexicons.data.journal import Journal  # noqa: E402
+from lexicons.data.replication import StreamLog  # noqa: E402
 
 
 class Member(Model):

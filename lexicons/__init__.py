@@ -9,9 +9,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from lexicons.daemon import aliases as _aliases
+
+_aliases.install_moved()  # ``lexicons.model`` and the other former names still import
+
 _EXPORTS = {
-    "Database": ".database",
-    "Model": ".model",
+    "Database": ".data.database",
+    "Model": ".data.model",
     "hash_password": ".passwords",
     "verify_password": ".passwords",
     "encrypt": ".passwords",
@@ -21,11 +25,11 @@ _EXPORTS = {
     "Channel": ".channel",
     "Header": ".header",
     "Server": ".server",
-    "ModelManager": ".application",
-    "SignalManager": ".application",
-    "ChannelManager": ".application",
-    "HeaderManager": ".application",
-    "TaskManager": ".application",
+    "ModelManager": ".daemon.application",
+    "SignalManager": ".daemon.application",
+    "ChannelManager": ".daemon.application",
+    "HeaderManager": ".daemon.application",
+    "TaskManager": ".daemon.application",
 }
 
 __all__ = sorted(_EXPORTS)

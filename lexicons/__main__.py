@@ -1,6 +1,6 @@
 """``python -m lexicons``: the same as ``lexiconsd``."""
 import sys
 
-from .cli import main
+from lexicons.cli import main
 
 sys.exit(main())

@@ -28,8 +28,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-from .errors import CallError, NotPermitted, SettingsError
-from .signal import Signal
+from lexicons.errors import CallError, NotPermitted, SettingsError
+from lexicons.signal import Signal
 
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 

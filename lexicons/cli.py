@@ -20,8 +20,8 @@ import sys
 import time
 from typing import Any
 
-from . import settings as settings_mod
-from .errors import ControlError, LexiconsError, LockError, SettingsError
+from lexicons.daemon import settings as settings_mod
+from lexicons.errors import ControlError, LexiconsError, LockError, SettingsError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_UNKNOWN, EXIT_CONFIG = 0, 1, 2, 3, 4, 6
 
@@ -52,10 +52,10 @@ def _prepare_imports(settings: settings_mod.Settings) -> None:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    from .fws.cli import apply
+    from lexicons.fws.cli import apply
 
     settings = apply(args, _load(args), serve=getattr(args, "serve", False))
-    from .lockfile import holder
+    from lexicons.data.lockfile import holder
 
     pid = holder(settings.LOCK_FILE)
     if pid:
@@ -73,7 +73,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def _run_foreground(settings: settings_mod.Settings, debug: bool = False) -> int:
-    from .bootstrap import Bootstrap
+    from lexicons.daemon.bootstrap import Bootstrap
 
     try:
         return Bootstrap(settings, tracebacks=debug).run()
@@ -157,7 +157,7 @@ def _daemon_main(settings: settings_mod.Settings, report_fd: int) -> None:  # pr
     with context:
         code = 1
         try:
-            from .bootstrap import Bootstrap
+            from lexicons.daemon.bootstrap import Bootstrap
 
             code = Bootstrap(settings).run(ready=lambda: report(f"ok {os.getpid()}"))
         except SettingsError as exc:
@@ -174,7 +174,7 @@ def _daemon_main(settings: settings_mod.Settings, report_fd: int) -> None:  # pr
 
 def _why_not_running(settings: settings_mod.Settings) -> tuple[int, str]:
     """Return the exit code and message for a daemon that does not answer."""
-    from .lockfile import holder, read_pid
+    from lexicons.data.lockfile import holder, read_pid
 
     pid = holder(settings.LOCK_FILE)
     if pid:
@@ -198,8 +198,8 @@ def _not_running(settings: settings_mod.Settings) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     settings = _load(args)
-    from . import control
-    from .lockfile import holder
+    from lexicons.daemon import control
+    from lexicons.data.lockfile import holder
 
     try:
         status = control.request(settings.CONTROL_SOCKET, "status", timeout=5)
@@ -231,8 +231,7 @@ def _alive(pid: int) -> bool:
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = _load(args)
-    from . import control
-
+    from lexicons.daemon import control
     try:
         status = control.request(settings.CONTROL_SOCKET, "status", timeout=5)
     except ControlError:
@@ -296,8 +295,7 @@ def _duration(seconds: float) -> str:
 def _simple(command: str):
     def run(args: argparse.Namespace) -> int:
         settings = _load(args)
-        from . import control
-
+        from lexicons.daemon import control
         extra = {"service": args.service} if getattr(args, "service", None) else {}
         try:
             result = control.request(settings.CONTROL_SOCKET, command, timeout=30, **extra)
@@ -355,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="show tracebacks on the terminal (LOG_LEVEL=DEBUG does too)")
         return p
 
-    from .fws.cli import add_arguments as add_fws_arguments
+    from lexicons.fws.cli import add_arguments as add_fws_arguments
 
     p = add("start", "start the daemon")
     p.add_argument("--foreground", action="store_true",

@@ -41,9 +41,9 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import simple_websocket
 from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 
-from .errors import CallFailed, Refused
-from .history import POSITION
-from .protocol import ERRORS, ID
+from lexicons.data.history import POSITION
+from lexicons.errors import CallFailed, Refused
+from lexicons.wire.protocol import ERRORS, ID
 
 _CLOSED = object()
 

@@ -42,8 +42,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from .aio import resolve
-from .arguments import Arguments
+from lexicons.daemon.aio import resolve
+from lexicons.wire.arguments import Arguments
 
 
 class Header:

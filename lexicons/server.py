@@ -3,7 +3,6 @@
 ::
 
     from lexicons import Server, SignalManager, ChannelManager, Signal, Response
-
     server = Server(protocol="ws", host="0.0.0.0", port=5000,
                     models=ModelManager(User), signals=SignalManager(Echo),
                     channels=ChannelManager(Public), headers=HeaderManager(Login),
@@ -28,11 +27,11 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from . import settings as settings_mod
-from .application import Application
-from .bootstrap import Bootstrap
-from .errors import SettingsError
-from .manager import ServiceManager
+from lexicons.daemon import settings as settings_mod
+from lexicons.daemon.application import Application
+from lexicons.daemon.bootstrap import Bootstrap
+from lexicons.daemon.manager import ServiceManager
+from lexicons.errors import SettingsError
 
 _UNSET: Any = object()
 

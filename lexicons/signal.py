@@ -46,7 +46,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from .arguments import Arguments
+from lexicons.wire.arguments import Arguments
 
 
 class _Nothing:

@@ -69,8 +69,8 @@ import math
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from .aio import resolve
-from .errors import TaskError
+from lexicons.daemon.aio import resolve
+from lexicons.errors import TaskError
 
 #: The longest interval accepted, in seconds (a year).
 MAX_INTERVAL = 366 * 24 * 3600.0

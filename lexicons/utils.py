@@ -5,6 +5,6 @@ the original README's models use (see :func:`lexicons.passwords.encrypt`).
 """
 from __future__ import annotations
 
-from .passwords import encrypt
+from lexicons.passwords import encrypt
 
 __all__ = ["encrypt"]

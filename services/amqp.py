@@ -28,9 +28,9 @@ import threading
 import uuid
 from typing import Any
 
-from lexicons import hightemplar as ht
+from lexicons.daemon.service import Service
 from lexicons.errors import BadTrigger, ServiceError
-from lexicons.service import Service
+from lexicons.wire import hightemplar as ht
 
 ROUTING_KEY = "*"
 #: Longest wait between two attempts to reach the broker.

@@ -64,8 +64,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from lexicons.daemon.service import Service
 from lexicons.errors import ServiceError
-from lexicons.service import Service
 
 Receiver = Callable[[str, bytes], None]
 ManyReceiver = Callable[[tuple[str, ...], bytes], None]

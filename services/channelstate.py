@@ -52,14 +52,14 @@ import threading
 import time
 from typing import Any
 
-from lexicons import history as hist
 from lexicons.channel import Channel
-from lexicons.connection import Connection
+from lexicons.daemon.connection import Connection
+from lexicons.data import history as hist
+from lexicons.data.presence import PRESENCE, MemoryPresence, event
 from lexicons.errors import CallError, ServiceError, SettingsError
-from lexicons.events import Position, Recovery
-from lexicons.frames import deflate_frame, text_frame
-from lexicons.presence import PRESENCE, MemoryPresence, event
-from lexicons.protocol import encode_json
+from lexicons.wire.events import Position, Recovery
+from lexicons.wire.frames import deflate_frame, text_frame
+from lexicons.wire.protocol import encode_json
 
 #: The backplane space of history channels.
 HISTORY_SPACE = "y"

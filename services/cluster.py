@@ -29,8 +29,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from lexicons import cluster
-from lexicons.service import Service
+from lexicons.daemon.service import Service
+from lexicons.wire import cluster
 
 EventHandler = Callable[[str, Any], None]
 
@@ -80,7 +80,8 @@ class ClusterService(Service):
     def setup(self) -> None:
         if not self.active:
             return
-        self.me = cluster.find_self(self.nodes, self.settings.CLUSTER_SELF)
+        self.me = cluster.find_self(self.nodes, self.settings.CLUSTER_SELF,
+                                     socket.gethostname())
         self.peers = [_Peer(n) for n in self.nodes if n != self.me]
         for node in self.nodes:
             try:

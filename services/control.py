@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lexicons import control
+from lexicons.daemon import control
+from lexicons.daemon.service import Service
 from lexicons.errors import LexiconsError, ProtocolError, ServiceError
-from lexicons.service import Service
 
 #: Seconds a client may stay connected without sending anything.
 CLIENT_IDLE = 30.0

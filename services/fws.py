@@ -27,9 +27,9 @@ import time
 from typing import Any
 
 from lexicons import fws
+from lexicons.daemon.service import Service
 from lexicons.errors import ServiceError
 from lexicons.fws import storage
-from lexicons.service import Service
 
 #: Own publications remembered until they come back from Redis (oldest forgotten first).
 PENDING = 10000

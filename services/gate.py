@@ -30,16 +30,16 @@ import os
 import threading
 from typing import Any
 
-from lexicons import http
-from lexicons.arguments import Arguments
-from lexicons.connection import Peer
+from lexicons.daemon.connection import Peer
+from lexicons.daemon.pool import Pool
+from lexicons.daemon.service import Service
+from lexicons.daemon.trust import TrustList, client_trust
+from lexicons.data.sessions import SessionStore
 from lexicons.errors import CallError, NotPermitted, ServiceError, Unavailable
-from lexicons.events import Request
 from lexicons.header import HeaderBlock, header_arguments, header_name, is_header, run_header
-from lexicons.pool import Pool
-from lexicons.service import Service
-from lexicons.sessions import SessionStore
-from lexicons.trust import TrustList, client_trust
+from lexicons.wire import http
+from lexicons.wire.arguments import Arguments
+from lexicons.wire.events import Request
 from services.listener import HTTPResponse
 
 #: The plain HTTP path that tells a client why its headers would be refused.

@@ -45,12 +45,12 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from lexicons import backend
-from lexicons import hightemplar as ht
+from lexicons.daemon import backend
+from lexicons.daemon.service import Service
+from lexicons.daemon.trust import TrustList
 from lexicons.errors import BadTrigger, ServiceError, SettingsError
-from lexicons.frames import CLOSE_NORMAL, text_frame
-from lexicons.service import Service
-from lexicons.trust import TrustList
+from lexicons.wire import hightemplar as ht
+from lexicons.wire.frames import CLOSE_NORMAL, text_frame
 from services.listener import HTTPResponse
 
 PATH = "/ws/"

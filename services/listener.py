@@ -39,15 +39,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from lexicons import http
-from lexicons.connection import TLS, Connection, Handler, Hub, Peer
+from lexicons.daemon.connection import TLS, Connection, Handler, Hub, Peer
+from lexicons.daemon.pool import Pool
+from lexicons.daemon.service import Service, ServiceState
+from lexicons.daemon.static import StaticFiles
+from lexicons.daemon.trust import TrustList, client_trust
 from lexicons.errors import ServiceError, SettingsError
-from lexicons.events import Request
-from lexicons.http import HTTPError
-from lexicons.pool import Pool
-from lexicons.service import Service, ServiceState
-from lexicons.static import StaticFiles
-from lexicons.trust import TrustList, client_trust
+from lexicons.wire import http
+from lexicons.wire.events import Request
+from lexicons.wire.http import HTTPError
 
 LINGER = 1.0            # seconds to discard input after an error answer
 LINGER_BYTES = 65536    # most bytes discarded after an error answer
@@ -218,7 +218,7 @@ class ListenerService(Service):
                 raise ServiceError(f"the static files directory {root} does not exist")
             self.static = StaticFiles(root)
         if s.METRICS_PATH:
-            from lexicons.metrics import Metrics  # prometheus_client only when served
+            from lexicons.daemon.metrics import Metrics  # prometheus_client only when served
             self.metrics = Metrics(self.manager)
             self.route(s.METRICS_PATH, self._metrics)
         family = socket.AF_INET6 if ":" in s.HOST else socket.AF_INET

@@ -23,12 +23,12 @@ import gc
 import time
 from typing import Any
 
-from lexicons import snapshot as snapshots
-from lexicons.database import Database
-from lexicons.replication import StreamLog, node_name
-from lexicons.service import Service
-from lexicons.snapshot import SnapshotStore
-from lexicons.storage import Storage
+from lexicons.daemon.service import Service
+from lexicons.data import snapshot as snapshots
+from lexicons.data.database import Database
+from lexicons.data.replication import StreamLog, node_name
+from lexicons.data.snapshot import SnapshotStore
+from lexicons.data.storage import Storage
 
 #: Seconds between two journal flushes (the ``everysec`` policy's second).
 SYNC_TICK = 1.0

@@ -36,12 +36,13 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from lexicons import filters, protocol
 from lexicons.channel import ChannelSet
-from lexicons.connection import Connection, State, fan_out
+from lexicons.daemon import filters
+from lexicons.daemon.connection import Connection, State, fan_out
+from lexicons.daemon.service import Service
 from lexicons.errors import CallError
-from lexicons.frames import text_frame
-from lexicons.service import Service
+from lexicons.wire import protocol
+from lexicons.wire.frames import text_frame
 from services.channelstate import HISTORY_SPACE, ChannelState
 
 _EMPTY: tuple[Connection, ...] = ()

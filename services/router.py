@@ -30,16 +30,17 @@ import threading
 from types import CoroutineType
 from typing import Any
 
-from lexicons import aio, filters, protocol
 from lexicons.channel import Presence, Subscribe, Unsubscribe
-from lexicons.connection import Connection
+from lexicons.daemon import aio, filters
+from lexicons.daemon.connection import Connection
+from lexicons.daemon.metrics import ERROR, FAILED, OK, CallStats, clock
+from lexicons.daemon.service import Service
 from lexicons.errors import CallError, NotPermitted, ServiceError, Unavailable
-from lexicons.events import Rejected
-from lexicons.frames import text_frame
-from lexicons.metrics import ERROR, FAILED, OK, CallStats, clock
-from lexicons.protocol import Protocol
-from lexicons.service import Service
 from lexicons.signal import NOTHING, Response, Signal, channel_names
+from lexicons.wire import protocol
+from lexicons.wire.events import Rejected
+from lexicons.wire.frames import text_frame
+from lexicons.wire.protocol import Protocol
 
 BUILT_IN: tuple[type[Signal], ...] = (Subscribe, Unsubscribe, Presence)
 

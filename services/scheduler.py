@@ -45,13 +45,13 @@ from typing import TYPE_CHECKING, Any
 import schedule
 
 from lexicons import task as tasks
+from lexicons.daemon.service import Service
 from lexicons.errors import LexiconsError, TaskError
-from lexicons.service import Service
 from lexicons.task import IntervalTask, Task
 
 if TYPE_CHECKING:
-    from lexicons.manager import ServiceManager
-    from lexicons.settings import Settings
+    from lexicons.daemon.manager import ServiceManager
+    from lexicons.daemon.settings import Settings
 
 #: Longest wait of the main loop: it beats at least this often.
 MAX_WAIT = 1.0

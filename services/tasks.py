@@ -36,10 +36,10 @@ import threading
 import time
 from typing import Any
 
-from lexicons.entries import import_entry
+from lexicons.daemon.entries import import_entry
+from lexicons.daemon.service import Service
 from lexicons.errors import ServiceError, SettingsError
-from lexicons.frames import text_frame
-from lexicons.service import Service
+from lexicons.wire.frames import text_frame
 
 #: The cluster event carrying zephserver answers to rooms, users or all.
 SAY_EVENT = "zephserver:say"

@@ -13,7 +13,7 @@ import socket
 
 import pytest
 
-from lexicons.settings import DECLARED
+from lexicons.daemon.settings import DECLARED
 
 DEPLOYMENT_PORT = DECLARED["PORT"].default
 _bind = socket.socket.bind

@@ -1,7 +1,7 @@
 """The chat's tables: users, rooms and messages."""
 from __future__ import annotations
 
-from lexicons.model import Model
+from lexicons import Model
 from lexicons.passwords import hash_password, verify_password
 
 

@@ -34,7 +34,7 @@ The socket (``web_socket_instance``) has filtered_websocket's names: ``id``,
 ``publish(data, channel=None)``. Messages are ``str`` for text frames and
 ``bytes`` for binary ones (filtered_websocket gave bytes).
 
-:class:`Chain` is the lexicons :class:`~lexicons.filters.Filter` that runs
+:class:`Chain` is the lexicons :class:`~lexicons.daemon.filters.Filter` that runs
 the chains on the native protocol's connections; the ``fws`` service
 (:mod:`services.fws`) owns the server, the storage object and the pub/sub
 relay. ``FWS_FILTERS`` names the modules (``lexicons serve -f``); code
@@ -50,10 +50,10 @@ import threading
 import uuid
 from typing import Any
 
-from ..connection import fan_out
-from ..errors import EntryError, ServiceError
-from ..filters import Filter
-from ..frames import OP_BINARY, frame, text_frame
+from lexicons.daemon.connection import fan_out
+from lexicons.daemon.filters import Filter
+from lexicons.errors import EntryError, ServiceError
+from lexicons.wire.frames import OP_BINARY, frame, text_frame
 
 log = logging.getLogger("lexicons.fws")
 
@@ -108,7 +108,7 @@ def load_filters(names: list[str]) -> dict[type[FilterBase], list[type[FilterBas
     in the order it defines them. Raises ServiceError naming a module that
     cannot be imported or defines no filter.
     """
-    from ..aliases import install
+    from lexicons.daemon.aliases import install
 
     install()  # filters written for filtered_websocket import filtered_websocket.* names
     chains: dict[type[FilterBase], list[type[FilterBase]]] = {kind: [] for kind in KINDS}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import WebSocketMessageFilter
+from lexicons.fws import WebSocketMessageFilter
 
 
 class BroadcastMessagesFilter(WebSocketMessageFilter):

@@ -7,7 +7,7 @@ message it sends reaches the other clients registered under the same key
 other applications can read who is in it). A client that sends before
 registering is told ``Error: No token has been set``.
 
-(lexicons also has :class:`lexicons.filters.TokenGroups`, where the token
+(lexicons also has :class:`lexicons.daemon.filters.TokenGroups`, where the token
 comes with the upgrade request instead.)
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 import re
 from typing import Any
 
-from . import WebSocketDisconnectFilter, WebSocketMessageFilter
+from lexicons.fws import WebSocketDisconnectFilter, WebSocketMessageFilter
 
 log = logging.getLogger("lexicons.fws.token")
 TOKEN = re.compile(r"token:(\S*)")

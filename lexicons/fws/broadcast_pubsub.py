@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import WebSocketConsumerFilter, WebSocketMessageFilter
+from lexicons.fws import WebSocketConsumerFilter, WebSocketMessageFilter
 
 
 class BroadcastMessageFilter(WebSocketConsumerFilter):

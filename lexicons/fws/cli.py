@@ -26,8 +26,8 @@ import json
 import os
 from typing import Any
 
-from .. import settings as settings_mod
-from ..errors import SettingsError
+from lexicons.daemon import settings as settings_mod
+from lexicons.errors import SettingsError
 
 #: What ``serve`` listens on unless -p, the config file or the settings say otherwise.
 DEFAULT_PORT = 9000

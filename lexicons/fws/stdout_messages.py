@@ -5,7 +5,7 @@ import sys
 import threading
 from typing import Any
 
-from . import WebSocketMessageFilter
+from lexicons.fws import WebSocketMessageFilter
 
 _lock = threading.Lock()  # one message's lines together, whichever client sent it
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import WebSocketConsumerFilter
-from .stdout_messages import write
+from lexicons.fws import WebSocketConsumerFilter
+from lexicons.fws.stdout_messages import write
 
 
 class BroadcastMessageFilter(WebSocketConsumerFilter):

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import WebSocketDataFilter
-from .stdout_messages import write
+from lexicons.fws import WebSocketDataFilter
+from lexicons.fws.stdout_messages import write
 
 
 class StdoutRawDataFilter(WebSocketDataFilter):

@@ -22,7 +22,7 @@ import collections
 import threading
 from typing import Any
 
-from ..entries import import_entry
+from lexicons.daemon.entries import import_entry
 
 
 class BaseStorageObject:

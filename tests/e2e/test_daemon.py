@@ -123,8 +123,7 @@ def test_crashing_service_restarted_in_daemon(workdir):
     """A service that raises inside the daemon is restarted; status counts it."""
     assert lexiconsd("start", cwd=workdir).returncode == 0
     try:
-        from lexicons import control
-
+        from lexicons.daemon import control
         sock = str(workdir / "run" / "lexiconsd.sock")
         control.request(sock, "crash")
         wait_for(lambda: status_json(workdir)[1]["services"][2]["restarts"] == 1,

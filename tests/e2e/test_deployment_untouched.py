@@ -23,9 +23,9 @@ from lexicons.client import Client
 from tests.support.daemon import ROOT, wait_for
 
 #: The parts of the suite that open settings, data directories, ports and locks.
-PARTS = ["tests/lexicons/test_bootstrap.py", "tests/lexicons/test_settings.py",
+PARTS = ["tests/lexicons/daemon/test_bootstrap.py", "tests/lexicons/daemon/test_settings.py",
          "tests/lexicons/test_server.py", "tests/services/test_persister.py",
-         "tests/lexicons/test_storage.py"]
+         "tests/lexicons/data/test_storage.py"]
 TIMEOUT = 10.0
 
 

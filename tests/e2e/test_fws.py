@@ -318,7 +318,7 @@ def test_lexiconsd_start_takes_the_same_flags(workdir):
 
 
 ECHO_APP = '''
-from lexicons.application import SignalManager
+from lexicons.daemon.application import SignalManager
 from lexicons.signal import Signal
 
 

@@ -4,8 +4,8 @@ import json
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from lexicons import control
 from lexicons.client import Client
+from lexicons.daemon import control
 from lexicons.errors import CallFailed
 from tests.support.daemon import kill_leftover_daemon, lexiconsd, wait_for, write_settings_file
 from tests.support.websocket import http_exchange

@@ -9,7 +9,7 @@ from tests.support.daemon import kill_leftover_daemon, lexiconsd, wait_for, writ
 APP = '''
 import pathlib
 from lexicons import Task
-from lexicons.application import TaskManager
+from lexicons.daemon.application import TaskManager
 
 HERE = pathlib.Path({here!r})
 

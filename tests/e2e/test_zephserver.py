@@ -16,7 +16,7 @@ import json
 import pathlib
 import threading
 
-from lexicons.zephserver import ClusterAdapter, ServiceInterface
+from lexicons.daemon.zephserver import ClusterAdapter, ServiceInterface
 
 HERE = pathlib.Path({here!r})
 
@@ -136,7 +136,7 @@ class HelloTask(TaskInterface):
 
 # The application: a header putting the user on the connection (ws.auth).
 APP = '''
-from lexicons.application import HeaderManager
+from lexicons.daemon.application import HeaderManager
 from lexicons.header import Header
 
 

@@ -13,7 +13,7 @@ import pytest
 from examples.chat.models import ChatMessage, Room, User
 from examples.chat.tasks import CreateLobby, PruneMessages
 from lexicons.client import Client
-from lexicons.database import Database
+from lexicons.data.database import Database
 from lexicons.errors import CallError, Refused
 from tests.examples.chat_daemon import TIMEOUT, ChatClient, ChatDaemon
 

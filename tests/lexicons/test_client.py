@@ -3,8 +3,8 @@ import threading
 
 import pytest
 
-from lexicons.application import Application
 from lexicons.channel import Channel
+from lexicons.daemon.application import Application
 from lexicons.errors import CallFailed
 from lexicons.signal import Response, Signal
 from tests.support.websocket import serving

@@ -4,8 +4,8 @@ import json
 import pytest
 
 from lexicons import fws
-from lexicons import settings as settings_mod
 from lexicons.cli import build_parser
+from lexicons.daemon import settings as settings_mod
 from lexicons.errors import ServiceError, SettingsError
 from lexicons.fws import cli, storage
 

@@ -79,8 +79,6 @@ MAIN = """
 import sys
 sys.path.insert(0, {root!r})
 from lexicons import Server, Signal
-
-
 class Echo(Signal):
     def execute(self, data):
         return data

@@ -11,9 +11,9 @@ import sys
 import threading
 
 from lexicons import Model
-from lexicons.application import Application
-from lexicons.manager import ServiceManager
-from lexicons.settings import load
+from lexicons.daemon.application import Application
+from lexicons.daemon.manager import ServiceManager
+from lexicons.daemon.settings import load
 from services.persister import PersisterService
 
 

@@ -8,9 +8,9 @@ import uuid
 import pytest
 import redis
 
-from lexicons.application import Application
-from lexicons.manager import ServiceManager
-from lexicons.settings import DECLARED
+from lexicons.daemon.application import Application
+from lexicons.daemon.manager import ServiceManager
+from lexicons.daemon.settings import DECLARED
 from services.backplane import BackplaneService, Envelope, pack, unpack
 from tests.support.brokers import PrivateRedis, require_redis
 from tests.support.daemon import make_settings, wait_for
@@ -477,7 +477,7 @@ def test_unreachable_redis_at_start_serves_locally_and_reports_it(nodes, tmp_pat
 
 def test_backplane_service_named_and_listed_by_default():
     """The backplane is a default service, right after control."""
-    from lexicons.settings import DEFAULT_SERVICES
+    from lexicons.daemon.settings import DEFAULT_SERVICES
 
     assert DEFAULT_SERVICES[:2] == ["services.control/ControlService", BACKPLANE]
     assert BackplaneService.name == "backplane"

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from lexicons import control
-from lexicons.application import Application
-from lexicons.bootstrap import Bootstrap
+from lexicons.daemon import control
+from lexicons.daemon.application import Application
+from lexicons.daemon.bootstrap import Bootstrap
 from lexicons.errors import ControlError, ProtocolError
 from services.control import MAX_CLIENTS, REQUEST_DEADLINE
 from tests.support.daemon import make_settings, wait_for

@@ -8,9 +8,9 @@ import urllib.parse
 import orjson
 import pytest
 
-from lexicons.application import Application
 from lexicons.channel import Channel
 from lexicons.client import Client
+from lexicons.daemon.application import Application
 from lexicons.errors import NotPermitted, Refused
 from lexicons.header import Header
 from lexicons.signal import Signal

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from lexicons.application import Application
 from lexicons.channel import Channel
+from lexicons.daemon.application import Application
 from lexicons.errors import CallFailed
 from tests.services.test_rooms import drain
 from tests.support.daemon import wait_for

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from lexicons.application import Application
-from lexicons.frames import client_frame
+from lexicons.daemon.application import Application
 from lexicons.signal import Signal
+from lexicons.wire.frames import client_frame
 from services.listener import HTTPResponse
 from tests.support.websocket import RawClient, http_exchange, open_fds, serving, upgrade_request
 

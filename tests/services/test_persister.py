@@ -11,10 +11,10 @@ import time
 import pytest
 
 from lexicons import Database, Model
-from lexicons.application import Application
-from lexicons.manager import ServiceManager
-from lexicons.settings import load
-from lexicons.storage import Storage
+from lexicons.daemon.application import Application
+from lexicons.daemon.manager import ServiceManager
+from lexicons.daemon.settings import load
+from lexicons.data.storage import Storage
 from services.persister import PersisterService
 from tests.services.crash_writer import Counter
 

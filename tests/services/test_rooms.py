@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from lexicons.application import Application
 from lexicons.channel import Channel
+from lexicons.daemon.application import Application
+from lexicons.daemon.service import Service
 from lexicons.errors import CallFailed
-from lexicons.service import Service
 from lexicons.signal import Response, Signal
 from tests.support.websocket import RawClient, serving
 
@@ -220,7 +220,7 @@ def test_pings_without_reading_pongs_hit_the_limit():
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                      b"Sec-WebSocket-Version: 13\r\n\r\n")
-        from lexicons.frames import client_frame
+        from lexicons.wire.frames import client_frame
         pings = client_frame(9, b"p" * 125) * 100
         sock.settimeout(5)
         hub = running.service("listener").hub

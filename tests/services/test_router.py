@@ -9,14 +9,14 @@ import time
 
 import pytest
 
-from lexicons.application import Application
 from lexicons.channel import Channel
+from lexicons.daemon.application import Application
+from lexicons.daemon.service import Service
+from lexicons.data.journal import read_records
+from lexicons.data.model import Model
 from lexicons.errors import CallError, CallFailed, NotPermitted
-from lexicons.frames import OP_BINARY, OP_PING, OP_PONG, OP_TEXT, client_frame
-from lexicons.journal import read_records
-from lexicons.model import Model
-from lexicons.service import Service
 from lexicons.signal import Response, Signal
+from lexicons.wire.frames import OP_BINARY, OP_PING, OP_PONG, OP_TEXT, client_frame
 from tests.support.websocket import CORE, serving
 
 STARTED = threading.Event()

@@ -8,12 +8,12 @@ import time
 import pytest
 import schedule
 
-from lexicons import settings as settings_mod
-from lexicons.application import Application
 from lexicons.cli import format_status
+from lexicons.daemon import settings as settings_mod
+from lexicons.daemon.application import Application
+from lexicons.daemon.manager import ServiceManager
+from lexicons.daemon.service import Service, ServiceState
 from lexicons.errors import ServiceError, TaskError
-from lexicons.manager import ServiceManager
-from lexicons.service import Service, ServiceState
 from lexicons.task import Task
 from services.scheduler import SchedulerService
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lexicons.application import Application
 from lexicons.channel import Channel
+from lexicons.daemon.application import Application
 from lexicons.signal import Response, Signal
 
 

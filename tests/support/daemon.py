@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lexicons import settings as settings_mod
+from lexicons.daemon import settings as settings_mod
 
 ROOT = Path(__file__).resolve().parents[2]
 LEXICONSD = [sys.executable, str(ROOT / "bin" / "lexiconsd")]

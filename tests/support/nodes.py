@@ -11,8 +11,8 @@ from typing import Any
 
 from websockets.sync.client import ClientConnection, connect
 
-from lexicons.application import Application
-from lexicons.manager import ServiceManager
+from lexicons.daemon.application import Application
+from lexicons.daemon.manager import ServiceManager
 from tests.support.daemon import make_settings
 
 _LEGACY = "legacy" in inspect.signature(connect).parameters

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from lexicons import ModelManager, SignalManager
-from lexicons.model import Model
+from lexicons.data.model import Model
 from lexicons.signal import Signal
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from lexicons.service import Service
+from lexicons.daemon.service import Service
 
 
 class Counter(Service):

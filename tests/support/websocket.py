@@ -18,12 +18,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from lexicons import frames
-from lexicons import settings as settings_mod
-from lexicons.application import Application
 from lexicons.client import Client
-from lexicons.manager import ServiceManager
-from lexicons.service import Service
+from lexicons.daemon import settings as settings_mod
+from lexicons.daemon.application import Application
+from lexicons.daemon.manager import ServiceManager
+from lexicons.daemon.service import Service
+from lexicons.wire import frames
 
 CORE = ["services.rooms/RoomsService", "services.router/RouterService",
         "services.gate/GateService", "services.listener/ListenerService"]
