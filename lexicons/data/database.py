@@ -60,14 +60,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lexicons.data.model import (
-    Model,
-    check_pk,
-    clone,
-    new_pk,
-    to_json,
-)
+from lexicons.data.model import Model, check_pk, clone, new_pk, to_json
 from lexicons.data.query import Queries, _isin_object
+from lexicons.data.query import Rows as Rows  # what db.query returns, importable from here too
 from lexicons.data.table import Table
 from lexicons.errors import (
     DatabaseError,

@@ -19,18 +19,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from lexicons.data.model import (
-    Field,
-    Model,
-    clone,
-    to_json,
-)
+from lexicons.data.model import Field, Model, clone, to_json
 from lexicons.data.table import _SCALAR_DTYPES
-from lexicons.errors import (
-    DatabaseError,
-    MultipleRowsFound,
-    ValidationError,
-)
+from lexicons.errors import DatabaseError, MultipleRowsFound, ValidationError
 
 if TYPE_CHECKING:
     from lexicons.data.table import Table
@@ -39,7 +30,6 @@ OPS = frozenset({"eq", "ne", "gt", "lt", "ge", "le", "in", "nin", "contains", "i
                  "startswith", "endswith", "regex", "min", "max"})
 _ORDER = {"gt": operator.gt, "lt": operator.lt, "ge": operator.ge, "le": operator.le,
           "min": operator.ge, "max": operator.le}
-#: Tombstones are compacted away when there are more of them than this and than live rows.
 AGGREGATES = ("count", "sum", "mean", "min", "max", "median", "std")
 _TEXT_OPS = frozenset({"contains", "icontains", "startswith", "endswith"})
 

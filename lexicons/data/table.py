@@ -16,22 +16,13 @@ import numpy as np
 import pandas as pd
 
 from lexicons.data.fastpath import compile_table
-from lexicons.data.model import (
-    Field,
-    Model,
-    Schema,
-    clone,
-    new_pk,
-)
-from lexicons.errors import (
-    DatabaseError,
-    IntegrityError,
-    ValidationError,
-)
+from lexicons.data.model import Field, Model, Schema, clone, new_pk
+from lexicons.errors import DatabaseError, IntegrityError, ValidationError
 
 if TYPE_CHECKING:
     from lexicons.data.database import Database
 
+#: Tombstones are compacted away when there are more of them than this and than live rows.
 COMPACT_MIN = 4096
 #: Tables with fewer rows than this are scanned, not indexed, for equality filters.
 INDEX_MIN = 2048
