@@ -328,6 +328,13 @@ class StreamLog:
 
     def _lead(self) -> None:
         """Send what is queued (one send slot is ours); then pass the slot on."""
+        if self._sending > 1:
+            # Another send is under way: Redis is busy with it (with appendfsync always,
+            # fsyncing), so this entry joins its next round at best. The writers the last
+            # answer woke are waiting for the GIL this thread holds: let them queue their
+            # writes first, so they go in this entry and not a round trip (and an fsync)
+            # later. Without this, 16 threads wrote 3-5 ops an entry; with it, about 12.
+            time.sleep(0)
         with self._mu:
             batch, self._outbox = self._outbox[:MAX_OPS], self._outbox[MAX_OPS:]
         try:
