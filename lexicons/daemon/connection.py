@@ -12,7 +12,8 @@ Reading. simple-websocket's single thread per connection reads the socket
 the connection's handler *from that thread* (``handler.on_message``). No
 second thread, no ``receive()``: messages of one connection are handled in
 order, and a client that floods is slowed by TCP itself. Reader threads are
-started with a small stack and without a ``threading.Thread`` object.
+started with a small stack and without a ``threading.Thread`` object; when a
+connection ends its thread parks and serves the next one (see _ReaderThread).
 
 Writing. simple-websocket writes to ``self.sock`` from several places and has
 no write lock; here ``self.sock`` is an outlet whose ``send`` goes through
@@ -278,25 +279,89 @@ class _NoEvent:
         return False
 
 
+class _Parked:
+    """A reader thread waiting for its next connection: ``gate`` opens with a target set
+    (serve it) or with None (end)."""
+
+    __slots__ = ("gate", "target")
+
+    def __init__(self) -> None:
+        self.gate = threading.Lock()
+        self.gate.acquire()
+        self.target: Any = None
+
+
 class _ReaderThread:
-    """A thread without a ``threading.Thread`` object, started with a small stack."""
+    """Run a connection's reader on a parked thread, or on a new one with a small stack.
+
+    A reader thread whose connection ended parks instead of ending: ending a thread
+    costs about as much CPU as the whole close handshake, and a disconnect storm ends
+    thousands at once, all of them fighting for the GIL while other clients still wait
+    for their close frame. The next connection reuses a parked thread (newest first:
+    its stack is warm); :meth:`trim` lets the spares end a few at a time, later.
+    """
 
     __slots__ = ("target", "name")
     stack_size = 512 * 1024
     _lock = threading.Lock()
+    #: parked threads, oldest first; the GIL makes append and pop atomic
+    _parked: collections.deque[_Parked] = collections.deque()
 
     def __init__(self, target: Any):
         self.target = target
         self.name = "lexicons-reader"
 
     def start(self) -> None:
+        try:
+            parked = self._parked.pop()
+        except IndexError:
+            pass
+        else:
+            parked.target = self.target
+            parked.gate.release()
+            return
         # the stack size is process-wide: set it only around this thread's start
         with _ReaderThread._lock:
             old = _thread.stack_size(self.stack_size)
             try:
-                _thread.start_new_thread(self.target, ())
+                _thread.start_new_thread(_ReaderThread._serve, (self.target,))
             finally:
                 _thread.stack_size(old)
+
+    @staticmethod
+    def _serve(target: Any) -> None:
+        """Run targets one after another, parked in between, until trimmed."""
+        parked = _Parked()
+        parking = _ReaderThread._parked
+        while target is not None:
+            try:
+                target()
+            except BaseException:  # the target logs its own failures; the thread goes on
+                pass
+            target = parked.target = None
+            parking.append(parked)
+            parked.gate.acquire()
+            target = parked.target
+
+    @classmethod
+    def trim(cls, keep: int, most: int) -> int:
+        """End up to *most* parked threads beyond *keep*, oldest first; return how many."""
+        parking = cls._parked
+        ended = 0
+        while ended < most and len(parking) > keep:
+            try:
+                parked = parking.popleft()
+            except IndexError:
+                break
+            parked.target = None
+            parked.gate.release()
+            ended += 1
+        return ended
+
+    @classmethod
+    def parked(cls) -> int:
+        """Return how many reader threads wait for a connection."""
+        return len(cls._parked)
 
 
 class _Outlet:
@@ -705,6 +770,12 @@ class Hub:
     #: Seconds between the flusher's rounds when nothing wakes it: close deadlines, pings,
     #: and broadcasts a reader left queued while its signal kept running after publishing.
     tick = 0.05
+    #: Reader threads kept parked for new connections (see _ReaderThread); the others end,
+    #: trim_per_tick a tick, once no connection has ended for trim_after seconds, so a
+    #: disconnect storm is not slowed down by thousands of threads ending at once.
+    spare_readers = 32
+    trim_per_tick = 100
+    trim_after = 1.0
 
     def __init__(self, *, outbox_limit: int = 1 << 20, max_message_size: int = 1 << 20,
                  ping_interval: float = 25.0, close_timeout: float = 2.0,
@@ -740,6 +811,7 @@ class Hub:
         self._wake_w.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._woken = False
+        self._last_retired = 0.0
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_ping = time.monotonic() + ping_interval if ping_interval else float("inf")
@@ -826,6 +898,7 @@ class Hub:
             self._thread = None
         for conn in list(self.connections):  # a reader stuck in a signal: close anyway
             self._finalize(conn)
+        _ReaderThread.trim(0, len(_ReaderThread._parked))
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
@@ -861,11 +934,15 @@ class Hub:
         if self._batches:
             self._flush_stale_batches()
         retired = self._retired
-        while retired:
-            self._retire(retired.popleft())
         now = time.monotonic()
+        if retired:
+            self._last_retired = now
+            while retired:
+                self._retire(retired.popleft())
         if self._closing:
             self._enforce_deadlines(now)
+        if now - self._last_retired > self.trim_after and _ReaderThread._parked:
+            _ReaderThread.trim(self.spare_readers, self.trim_per_tick)
         if now >= self._next_ping:
             self._next_ping = now + self.ping_interval
             self._ping_all()

@@ -181,6 +181,37 @@ def test_a_disconnect_storm_does_not_stall_the_server():
         assert running.service("rooms").info()["memberships"] == 0
 
 
+def test_a_closed_connections_reader_thread_serves_the_next_one_then_ends_unused():
+    """A reader thread parks when its connection ends, the next connection reuses it,
+    and spare parked threads end once connections stop ending."""
+    from lexicons.connection import Hub, _ReaderThread
+
+    with serving(APP) as running:
+        hub = running.service("listener").hub
+        with running.client() as client:
+            assert client.call("Echo", data=1) == 1
+        running.wait_connections(0)
+        deadline = time.monotonic() + 5
+        while not _ReaderThread.parked() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        parked = _ReaderThread.parked()
+        assert parked >= 1
+        with running.client() as client:
+            assert client.call("Echo", data=2) == 2
+            assert _ReaderThread.parked() == parked - 1  # reused, not a new thread
+        running.wait_connections(0)
+        old = (Hub.spare_readers, Hub.trim_after)
+        Hub.spare_readers, Hub.trim_after = 0, 0.0
+        try:
+            deadline = time.monotonic() + 5
+            while _ReaderThread.parked() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert _ReaderThread.parked() == 0
+        finally:
+            Hub.spare_readers, Hub.trim_after = old
+        assert len(hub) == 0
+
+
 def test_permessage_deflate_with_a_browser_like_client():
     """A client offering permessage-deflate gets it without context takeover, and works."""
     with serving(APP, PERMESSAGE_DEFLATE=True) as running:
