@@ -875,6 +875,7 @@ class Hub:
     def start(self) -> None:
         """Start the flusher thread."""
         _ReaderThread.stack_size = self.stack_size
+        widen_futex_hash()
         self._stopped.clear()
         self._thread = threading.Thread(target=self._run, name="lexicons-flusher", daemon=True)
         self._thread.start()
@@ -1075,6 +1076,30 @@ class Hub:
             conn.pong_received = False
             conn.push(ping)
         self.wake()
+
+
+def widen_futex_hash(slots: int = 1 << 14) -> bool:
+    """Give this process a futex hash table sized for thousands of threads; True if done.
+
+    Linux 6.16 and later give each process a private futex hash of 16 buckets on a
+    2-core machine. Every thread waiting for the GIL or parked for a connection waits
+    on a futex, so with 10,000 reader threads each bucket holds hundreds of waiters
+    and every lock hand-off walks them: in a disconnect storm futex_wake was the
+    largest cost of the process. Older kernels refuse the call; nothing changes then.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_FUTEX_HASH, _PR_FUTEX_HASH_SET_SLOTS, slots, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+_PR_FUTEX_HASH = 78
+_PR_FUTEX_HASH_SET_SLOTS = 1
 
 
 def stack_size_valid(size: int) -> bool:
