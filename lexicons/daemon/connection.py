@@ -67,6 +67,7 @@ import os
 import selectors
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Iterable

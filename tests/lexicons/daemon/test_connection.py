@@ -184,7 +184,7 @@ def test_a_disconnect_storm_does_not_stall_the_server():
 def test_a_closed_connections_reader_thread_serves_the_next_one_then_ends_unused():
     """A reader thread parks when its connection ends, the next connection reuses it,
     and spare parked threads end once connections stop ending."""
-    from lexicons.connection import Hub, _ReaderThread
+    from lexicons.daemon.connection import Hub, _ReaderThread
 
     with serving(APP) as running:
         hub = running.service("listener").hub
