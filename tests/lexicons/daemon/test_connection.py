@@ -137,15 +137,22 @@ sys.path.insert(0, {root!r})
 from tests.support.websocket import RawClient, need_descriptors, upgrade_request
 need_descriptors({count} + 100)
 crowd = []
-for _ in range({count}):
-    sock = socket.create_connection(("127.0.0.1", {port}))
-    sock.sendall(upgrade_request())
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    crowd.append(RawClient(sock, b""))
-for raw in crowd:
-    head = b""
-    while b"\\r\\n\\r\\n" not in head:
-        head += raw.sock.recv(1)
+# in waves smaller than the gate's queue of handshakes (1024), which answers 503 when full
+for _ in range(0, {count}, 500):
+    wave = []
+    for _ in range(min(500, {count} - len(crowd))):
+        sock = socket.create_connection(("127.0.0.1", {port}))
+        sock.sendall(upgrade_request())
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        wave.append(RawClient(sock, b""))
+    for raw in wave:
+        head = b""
+        while b"\\r\\n\\r\\n" not in head:
+            head += raw.sock.recv(1)
+        if not head.startswith(b"HTTP/1.1 101"):
+            print("refused:", head.split(b"\\r\\n")[0].decode(), flush=True)
+            sys.exit(1)
+    crowd += wave
 for raw in crowd[:{count} // 4]:
     raw.call({{"Subscribe": {{"channel": "news"}}}})
 for raw in crowd[:{count} // 4]:

@@ -118,6 +118,9 @@ def test_restart_limit_makes_fatal(started, policy):
     flaky = m.get_service("flaky")
     flaky.crash(always=True)
     wait_for(lambda: flaky.state is S.FATAL, what="FATAL")
+    # on_fatal runs after the supervisor releases its lock, so a moment after the state
+    # changes: a busy machine can show FATAL before the call has happened
+    wait_for(lambda: m.fatal_calls, what="on_fatal")
     assert flaky.runs == 3  # the first run and two restarts
     assert m.fatal_calls == [flaky]
     status = m.status()
