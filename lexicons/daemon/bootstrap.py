@@ -18,6 +18,7 @@ import collections
 import logging
 import logging.handlers
 import os
+import select
 import signal
 import sys
 import threading
@@ -88,6 +89,10 @@ class Bootstrap:
         self._handler: logging.Handler | None = None
         self._stop_requested = threading.Event()
         self._pending: collections.deque[int] = collections.deque()
+        # Wakes the main loop: written by request_stop() and by the signal handler, which
+        # must not touch the Event (its lock may be held by the very code it interrupted).
+        self._wake_r: int | None = None
+        self._wake_w: int | None = None
         self._old_handlers: dict[int, Any] = {}
         self._started = False
         self._stopped = False
@@ -120,6 +125,9 @@ class Bootstrap:
             self._lock.release()
             raise
         self._started = True
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._install_signals()
         self.notifier.ready(f"{len(self.manager.services)} services running")
         self.notifier.watchdog()
@@ -139,6 +147,7 @@ class Bootstrap:
                 self.manager.stop()
         finally:
             self._restore_signals()
+            self._close_wake()
             log.info("lexiconsd stopped")
             self._close_logging()
             self._lock.release()
@@ -166,8 +175,14 @@ class Bootstrap:
         tick = self.TICK
         if self.notifier.watchdog_interval:
             tick = min(tick, self.notifier.watchdog_interval / 2)
-        while not self._stop_requested.wait(tick):
+        while not self._stop_requested.is_set():
+            if self._wake_r is None:
+                self._stop_requested.wait(tick)
+            elif select.select([self._wake_r], [], [], tick)[0]:
+                self._drain_wake()
             self._handle_signals()
+            if self._stop_requested.is_set():
+                break
             self._feed_watchdog()
             if deadline is not None and time.monotonic() >= deadline:
                 return False
@@ -180,6 +195,30 @@ class Bootstrap:
             self.stop_reason = reason
             self.exit_code = code
         self._stop_requested.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake the main loop (safe in a signal handler: one write, no lock)."""
+        fd = self._wake_w
+        if fd is not None:
+            try:
+                os.write(fd, b"\0")
+            except OSError:  # full (already woken) or closed by stop()
+                pass
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except (OSError, TypeError):  # empty, or closed by stop()
+            pass
+
+    def _close_wake(self) -> None:
+        """Close the wake pipe; signal handlers are restored and services stopped by now."""
+        fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), None, None
+        for fd in fds:
+            if fd is not None:
+                os.close(fd)
 
     # --- live changes ----------------------------------------------------------------
 
@@ -293,10 +332,11 @@ class Bootstrap:
         self._old_handlers.clear()
 
     def _record_signal(self, signum: int, frame: object) -> None:
-        # only record: the main loop acts on it, outside the signal handler
+        # Only record and wake: the main loop acts on it, outside the handler. Setting the
+        # stop Event here could deadlock: the handler runs in the main thread, which may be
+        # inside Event.wait() holding the Event's own lock.
         self._pending.append(signum)
-        if signum in (signal.SIGTERM, signal.SIGINT):
-            self.request_stop(f"signal {signal.Signals(signum).name}")
+        self._wake()
 
     def _handle_signals(self) -> None:
         while self._pending:
@@ -310,3 +350,4 @@ class Bootstrap:
                 self.reopen_logs()
             else:
                 log.info("received %s", signal.Signals(signum).name)
+                self.request_stop(f"signal {signal.Signals(signum).name}")

@@ -1,9 +1,12 @@
 """The bootstrap: embedded use, lock, logging, reload, systemd notifications."""
 import json
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 
@@ -190,3 +193,20 @@ def test_reload_keeps_in_code_overrides_and_base_dir(tmp_path, monkeypatch):
         path.write_text(path.read_text().replace("'DEBUG'", "'WARNING'"))
         assert daemon.reload()["applied"] == ["LOG_LEVEL"]
         assert daemon.manager.settings.LOG_LEVEL == "WARNING"
+
+
+def test_a_stop_signal_arriving_inside_the_main_loops_wait_neither_blocks_nor_is_lost(tmp_path):
+    """The SIGTERM handler only records and wakes: run while the main thread holds the stop
+    Event's own lock (as inside Event.wait), it returns at once, and the loop then stops."""
+    settings = make_settings(tmp_path, SERVICE_LIST=[f"{SUPPORT}/Counter"])
+    with Bootstrap(settings, Application()) as daemon:
+        done = threading.Event()
+        with daemon._stop_requested._cond:   # what the main thread holds inside Event.wait
+            worker = threading.Thread(target=lambda: (
+                daemon._record_signal(signal.SIGTERM, None), done.set()), daemon=True)
+            worker.start()
+            assert done.wait(2), "the signal handler blocked on the stop Event's lock"
+        started = time.monotonic()
+        assert daemon.wait(timeout=10) is True
+        assert time.monotonic() - started < 0.4     # woken at once, not at the next tick
+        assert daemon.stop_reason == "signal SIGTERM"
