@@ -15,6 +15,15 @@ order, and a client that floods is slowed by TCP itself. Reader threads are
 started with a small stack and without a ``threading.Thread`` object; when a
 connection ends its thread parks and serves the next one (see _ReaderThread).
 
+Idling. A connection silent for ``idle_after`` seconds (its ``recv`` times out,
+SO_RCVTIMEO) gives its thread back: one poller thread watches the sockets of all
+idle connections with epoll, answers pings, pongs, close frames and end-of-file
+itself, and hands a connection whose messages arrive back to a reader thread
+with what it decoded. Most connections of a large server are idle most of the
+time; they then cost no thread stack, and when thousands leave at once their
+closes are answered in one loop instead of by thousands of threads waking
+together (see :meth:`Hub.idle`).
+
 Writing. simple-websocket writes to ``self.sock`` from several places and has
 no write lock; here ``self.sock`` is an outlet whose ``send`` goes through
 the connection's single outbound buffer, and every write (reply, broadcast,
@@ -60,13 +69,16 @@ from __future__ import annotations
 import _thread
 import collections
 import enum
+import functools
 import itertools
 import json
 import logging
 import os
+import select
 import selectors
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -103,6 +115,7 @@ _readers: dict[int, _Batch] = {}
 #: already arrived, up to this many reads and bytes, so those broadcasts share its sends.
 MORE_READS = 16
 MORE_BYTES = 16384
+_MESSAGES = (TextMessage, BinaryMessage)
 
 
 class State(enum.Enum):
@@ -393,6 +406,8 @@ class Connection(Base):
                  trailing: bytes = b"", tls: TLS | None = None):
         self.id = next(_ids)
         sock.setblocking(True)  # the reader blocks in recv; writes pass MSG_DONTWAIT
+        if hub.idle_after:  # a recv silent that long gives the thread back (Hub.idle)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, hub.idle_timeval)
         self.raw = sock
         self.hub = hub
         self.handler = handler
@@ -464,28 +479,48 @@ class Connection(Base):
     # --- the reader thread ----------------------------------------------------------------
 
     def _thread(self) -> None:
-        """Read, decode and dispatch until the peer or the server ends the connection."""
+        """The reader's start: greet the handler, then read (see :meth:`_serve`)."""
+        self._serve(None)
+
+    def _serve(self, events: list[Any] | None) -> None:
+        """Read, decode and dispatch until the connection ends or falls idle.
+
+        *events*: what the hub's idle poller decoded before handing the connection
+        back to a thread (None: the connection has just opened). A ``recv`` that
+        waits ``idle_after`` seconds for nothing hands the connection to the poller
+        and lets this thread go (see :meth:`Hub.idle`).
+        """
         ident = threading.get_ident()
         hub = self.hub
         batch = _readers[ident] = _Batch(hub)
+        finished = True
         try:
-            self.handler.on_open(self)
-            if self._trailing:  # sent right behind the request head; already decrypted
-                data, self._trailing = self._trailing, b""
-                if not self._receive(data, plain=True):
-                    return
+            if events is None:
+                self.handler.on_open(self)
+                if self._trailing:  # sent right behind the request head; already decrypted
+                    data, self._trailing = self._trailing, b""
+                    if not self._receive(data, plain=True):
+                        return
+            elif not self._handle_events(events):
+                return
             recv = self.raw.recv
             size = self.receive_bytes
             dirty = batch.dirty
             while True:
-                data = recv(size)
-                if not data or not self._receive(data):
-                    break
                 if dirty:  # broadcasts made while handling this batch: send them now
                     more = self._read_more(recv, size)
                     batch.flush()
                     if not more:
                         break
+                try:
+                    data = recv(size)
+                except BlockingIOError:  # silent for idle_after seconds
+                    if hub.idle(self):
+                        finished = False
+                        return
+                    continue
+                if not data or not self._receive(data):
+                    break
         except OSError:
             pass  # reset, or shut down by the flusher: the connection is over either way
         except Exception:
@@ -494,7 +529,8 @@ class Connection(Base):
             if batch.dirty:
                 batch.flush()
             _readers.pop(ident, None)
-            self._finish()
+            if finished:
+                self._finish()
 
     def _read_more(self, recv: Any, size: int) -> bool:
         """Handle what has already arrived too (see MORE_READS); False: stop reading."""
@@ -513,15 +549,19 @@ class Connection(Base):
 
     def _receive(self, data: bytes, plain: bool = False) -> bool:
         """Handle bytes read; False when reading should stop."""
+        events = self._decode(data, plain)
+        return self._handle_events(events) if events else True
+
+    def _decode(self, data: bytes, plain: bool = False) -> list[Any]:
+        """Decrypt (TLS) and decode bytes read into frame events."""
         if self.tls is not None and not plain:
             with self.lock:
                 data, reply = self.tls.decrypt(data)
                 if reply:
                     self._queue_locked(reply, encrypted=True)
             if not data:
-                return True
-        events = self.decoder.feed(data)
-        return self._handle_events(events) if events else True
+                return []
+        return self.decoder.feed(data)
 
     def _handle_events(self, events: Iterable[Any] = ()) -> bool:
         """Act on decoded frame events; False when reading should stop."""
@@ -766,6 +806,9 @@ class Hub:
     that is not a reader, a connection that needs to wait for writability, a
     socket becoming writable, a connection retired by its reader, and every
     ``tick`` to enforce close deadlines and send pings.
+
+    A second thread, the idle poller, watches the sockets of connections that were
+    silent for ``idle_after`` seconds (see :meth:`idle`).
     """
 
     #: Seconds between the flusher's rounds when nothing wakes it: close deadlines, pings,
@@ -781,7 +824,7 @@ class Hub:
     def __init__(self, *, outbox_limit: int = 1 << 20, max_message_size: int = 1 << 20,
                  ping_interval: float = 25.0, close_timeout: float = 2.0,
                  deflate: bool = False, receive_bytes: int = 65536,
-                 stack_size: int = 512 * 1024):
+                 stack_size: int = 512 * 1024, idle_after: float = 1.0):
         self.outbox_limit = outbox_limit
         self.max_message_size = max_message_size
         self.ping_interval = ping_interval
@@ -789,6 +832,9 @@ class Hub:
         self.deflate = deflate
         self.receive_bytes = receive_bytes
         self.stack_size = stack_size
+        self.idle_after = idle_after if hasattr(select, "epoll") else 0.0
+        seconds = int(self.idle_after)
+        self.idle_timeval = struct.pack("ll", seconds, int((self.idle_after - seconds) * 1e6))
         self.connections: set[Connection] = set()
         self.opened = 0
         self.slow_consumers = 0
@@ -815,6 +861,9 @@ class Hub:
         self._last_retired = 0.0
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        self._idle: dict[int, Connection] = {}  # fd -> connection, watched by the poller
+        self._epoll: Any = None
+        self._poller: threading.Thread | None = None
         self._next_ping = time.monotonic() + ping_interval if ping_interval else float("inf")
 
     # --- registry ---------------------------------------------------------------------
@@ -880,6 +929,13 @@ class Hub:
         self._stopped.clear()
         self._thread = threading.Thread(target=self._run, name="lexicons-flusher", daemon=True)
         self._thread.start()
+        if self.idle_after:
+            self._epoll = select.epoll()
+            self._poll_wake_r, self._poll_wake_w = os.pipe()
+            self._epoll.register(self._poll_wake_r, select.EPOLLIN)
+            self._poller = threading.Thread(target=self._poll, name="lexicons-idle",
+                                            daemon=True)
+            self._poller.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Close every connection (1001), wait for their readers, stop the flusher."""
@@ -898,12 +954,97 @@ class Hub:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self._poller is not None:
+            os.write(self._poll_wake_w, b"x")
+            self._poller.join(timeout)
+            self._poller = None
+            self._epoll.close()
+            os.close(self._poll_wake_r)
+            os.close(self._poll_wake_w)
+        self._idle.clear()
         for conn in list(self.connections):  # a reader stuck in a signal: close anyway
             self._finalize(conn)
         _ReaderThread.trim(0, len(_ReaderThread._parked))
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
+
+    # --- idle connections -------------------------------------------------------------
+
+    def idle(self, conn: Connection) -> bool:
+        """Take a connection that was silent for ``idle_after`` s off its reader thread.
+
+        A thread blocked in ``recv`` per connection costs its stack and, when
+        thousands of clients leave at once, a wake-up, a GIL hand-off and a thread
+        switch each: most of a disconnect storm. An idle connection's socket is
+        watched by the poller instead, and its thread parks for other work. The
+        poller answers what needs no handler itself (pings, pongs, a close frame,
+        end-of-file) and hands a connection whose messages arrived back to a reader
+        thread, with the events it decoded. Called by the reader, which must not
+        touch the connection after True; False: it keeps reading itself.
+        """
+        if self._epoll is None or self._stopped.is_set():
+            return False
+        fd = conn.raw.fileno()
+        self._idle[fd] = conn
+        try:
+            self._epoll.register(fd, select.EPOLLIN)
+        except (OSError, ValueError):
+            self._idle.pop(fd, None)
+            return False
+        return True
+
+    def idle_count(self) -> int:
+        """Return how many connections wait in the idle poller, without a thread."""
+        return len(self._idle)
+
+    def _poll(self) -> None:
+        """The idle poller's loop (see :meth:`idle`)."""
+        epoll, idle, wake = self._epoll, self._idle, self._poll_wake_r
+        while not self._stopped.is_set():
+            ended: list[Connection] = []
+            for fd, _ in epoll.poll():
+                conn = idle.get(fd)
+                if conn is None:
+                    if fd == wake:
+                        os.read(wake, 64)
+                    continue
+                try:
+                    self._idle_ready(conn, fd, ended)
+                except Exception:  # a bug: end the connection, keep the poller
+                    log.exception("connection %s: idle poller failed", conn.id)
+                    self._unwatch(fd)
+                    ended.append(conn)
+            if ended:  # on_close may run application code: not on the poller
+                _ReaderThread(functools.partial(_finish_all, ended)).start()
+
+    def _idle_ready(self, conn: Connection, fd: int, ended: list[Connection]) -> None:
+        """Read what an idle connection sent: answer it here or hand it to a thread."""
+        try:
+            data = conn.raw.recv(self.receive_bytes, _MSG_DONTWAIT)
+            if data:
+                events = conn._decode(data)
+                if not events:
+                    return  # part of a frame
+                if conn.state is State.OPEN and any(type(e) in _MESSAGES for e in events):
+                    self._unwatch(fd)
+                    _ReaderThread(functools.partial(conn._serve, events)).start()
+                    return
+                if conn._handle_events(events):
+                    return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass  # reset, or shut down by the flusher: the connection is over
+        self._unwatch(fd)
+        ended.append(conn)
+
+    def _unwatch(self, fd: int) -> None:
+        self._idle.pop(fd, None)
+        try:
+            self._epoll.unregister(fd)
+        except (OSError, ValueError):
+            pass
 
     # --- the flusher thread -----------------------------------------------------------
 
@@ -1077,6 +1218,12 @@ class Hub:
             conn.pong_received = False
             conn.push(ping)
         self.wake()
+
+
+def _finish_all(conns: list[Connection]) -> None:
+    """End connections the idle poller saw end (on a reader thread)."""
+    for conn in conns:
+        conn._finish()
 
 
 def widen_futex_hash(slots: int = 1 << 14) -> bool:

@@ -359,6 +359,9 @@ declare("CLOSE_TIMEOUT", 2.0, number(0.01),
 declare("THREAD_STACK_SIZE", 512 * 1024, integer(65536),
         "stack size in bytes of each connection's thread (only touched pages use memory)",
         section="network", check=_check_stack_size)
+declare("IDLE_AFTER", 1.0, number(0),
+        "seconds a connection may stay silent before its thread is freed and one poller "
+        "watches it instead (0: every connection keeps its own thread)", section="network")
 declare("SWITCH_INTERVAL", 0.1, number(0),
         "seconds a thread may hold Python's GIL while others wait (sys.setswitchinterval; "
         "0: Python's 0.005); thousands of connection threads waking at once thrash below "

@@ -193,7 +193,7 @@ def test_a_closed_connections_reader_thread_serves_the_next_one_then_ends_unused
     and spare parked threads end once connections stop ending."""
     from lexicons.daemon.connection import Hub, _ReaderThread
 
-    with serving(APP) as running:
+    with serving(APP, IDLE_AFTER=0) as running:  # no idle hand-offs: count parks
         hub = running.service("listener").hub
         with running.client() as client:
             assert client.call("Echo", data=1) == 1
