@@ -236,10 +236,9 @@ class ListenerService(Service):
         self.hub = Hub(outbox_limit=s.OUTBOX_LIMIT, max_message_size=s.MAX_MESSAGE_SIZE,
                        ping_interval=s.PING_INTERVAL, close_timeout=s.CLOSE_TIMEOUT,
                        deflate=s.PERMESSAGE_DEFLATE, stack_size=s.THREAD_STACK_SIZE,
-                       idle_after=s.IDLE_AFTER)
+                       patience=s.READER_PATIENCE)
         if s.SWITCH_INTERVAL > 0:
-            # thousands of reader threads waking at once (a disconnect storm) each poll
-            # for the GIL every switch interval; Python's 5 ms turns that into a stall
+            # fewer forced GIL hand-offs between the reader, the flusher and the tasks
             self._switch_interval = sys.getswitchinterval()
             sys.setswitchinterval(s.SWITCH_INTERVAL)
         self.hub.start()
@@ -285,7 +284,7 @@ class ListenerService(Service):
             "address": f"{self.settings.HOST}:{self.port}",
             "tls": self.tls_context is not None,
             "connections": len(hub) if hub is not None else 0,
-            "idle": hub.idle_count() if hub is not None else 0,
+            "readers_waiting": hub.readers() if hub is not None else 0,
             "handshakes": len(self._pending),
             "accepted": self.accepted,
             "slow_consumers": hub.slow_consumers if hub is not None else 0,

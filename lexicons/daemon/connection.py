@@ -7,22 +7,21 @@ handshake is fed the request the listener already parsed and checked. After
 the upgrade the wsproto/h11 objects are dropped (memory) and frames are
 decoded by :class:`lexicons.frames.FrameDecoder`, about ten times faster.
 
-Reading. simple-websocket's single thread per connection reads the socket
-(blocking ``recv``), decodes frames and dispatches each complete message to
-the connection's handler *from that thread* (``handler.on_message``). No
-second thread, no ``receive()``: messages of one connection are handled in
-order, and a client that floods is slowed by TCP itself. Reader threads are
-started with a small stack and without a ``threading.Thread`` object; when a
-connection ends its thread parks and serves the next one (see _ReaderThread).
-
-Idling. A connection silent for ``idle_after`` seconds (its ``recv`` times out,
-SO_RCVTIMEO) gives its thread back: one poller thread watches the sockets of all
-idle connections with epoll, answers pings, pongs, close frames and end-of-file
-itself, and hands a connection whose messages arrive back to a reader thread
-with what it decoded. Most connections of a large server are idle most of the
-time; they then cost no thread stack, and when thousands leave at once their
-closes are answered in one loop instead of by thousands of threads waking
-together (see :meth:`Hub.idle`).
+Reading. Connections do not own a thread. Every open connection's socket is
+registered (one-shot) in the hub's epoll, and the hub's readers wait on it: the
+kernel wakes one reader per readable connection, oldest first, and that reader
+reads, decodes and dispatches the connection's messages to its handler
+(``handler.on_message``) itself, then re-arms the socket and waits again. One
+reader usually serves every connection in turn, like an event loop: under load
+it goes from one ready connection to the next without sleeping, and clients are
+served in the order their messages arrived. Messages of one connection are
+handled in order (the socket is disarmed while a reader holds it), and a
+client that floods is slowed by TCP itself. A handler may block (a signal
+waiting on a database, a backend): when no reader has been waiting on the epoll
+for ``patience`` seconds the flusher starts another, so a slow call holds up
+only its own connection; spare readers park when the slow call ends (see
+_ReaderThread). A connection's first thread runs ``on_open`` (which may block
+too) and hands the socket to the readers.
 
 Writing. simple-websocket writes to ``self.sock`` from several places and has
 no write lock; here ``self.sock`` is an outlet whose ``send`` goes through
@@ -53,12 +52,13 @@ pong, ping, close) takes the connection's one ``lock``:
   count too, so a client that pings without reading is cut off as well.
 
 Closing. States go OPEN -> CLOSING (a close frame is queued; the reader keeps
-reading until the peer's close, EOF or ``close_timeout``) -> CLOSED (the
-reader thread ended). Only the flusher closes sockets, after the reader has
-finished and the close frame went out (or the timeout passed), so a file
-descriptor is never closed under a thread still using it, and every socket
-is closed explicitly. If a peer does not answer a close in time the flusher
-shuts the socket down, which wakes the reader.
+reading until the peer's close, EOF or ``close_timeout``) -> CLOSED (no reader
+serves it any more). A socket is closed, under the connection's lock, only once
+no reader serves it and its close frame went out: by the reader that saw the end
+when nothing is left to send, else by the flusher once it is sent (or the
+timeout passed); so a file descriptor is never closed under a thread still
+using it, and every socket is closed explicitly. If a peer does not answer a
+close in time the flusher shuts the socket down, which wakes a reader.
 
 After a protocol violation (1002, 1007) the FIN follows the close frame at
 once (``shutdown(SHUT_WR)``: the server closes TCP first) and the reader only
@@ -69,7 +69,6 @@ from __future__ import annotations
 import _thread
 import collections
 import enum
-import functools
 import itertools
 import json
 import logging
@@ -78,7 +77,6 @@ import select
 import selectors
 import socket
 import ssl
-import struct
 import sys
 import threading
 import time
@@ -115,7 +113,8 @@ _readers: dict[int, _Batch] = {}
 #: already arrived, up to this many reads and bytes, so those broadcasts share its sends.
 MORE_READS = 16
 MORE_BYTES = 16384
-_MESSAGES = (TextMessage, BinaryMessage)
+#: what a reader waits for on a connection's socket; one-shot: one reader at a time
+_ARMED = select.EPOLLIN | select.EPOLLONESHOT
 
 
 class State(enum.Enum):
@@ -306,13 +305,13 @@ class _Parked:
 
 
 class _ReaderThread:
-    """Run a connection's reader on a parked thread, or on a new one with a small stack.
+    """Run a target (a new connection's greeting, a hub reader) on a parked thread, or
+    on a new one with a small stack.
 
-    A reader thread whose connection ended parks instead of ending: ending a thread
-    costs about as much CPU as the whole close handshake, and a disconnect storm ends
-    thousands at once, all of them fighting for the GIL while other clients still wait
-    for their close frame. The next connection reuses a parked thread (newest first:
-    its stack is warm); :meth:`trim` lets the spares end a few at a time, later.
+    A thread whose target returned parks instead of ending: starting and ending a
+    thread costs more CPU than a whole handshake, and connections arrive in crowds.
+    The next target reuses a parked thread (newest first: its stack is warm);
+    :meth:`trim` lets the spares end a few at a time, later.
     """
 
     __slots__ = ("target", "name")
@@ -405,9 +404,7 @@ class Connection(Base):
     def __init__(self, sock: socket.socket, peer: Peer, handler: Handler, hub: Hub, *,
                  trailing: bytes = b"", tls: TLS | None = None):
         self.id = next(_ids)
-        sock.setblocking(True)  # the reader blocks in recv; writes pass MSG_DONTWAIT
-        if hub.idle_after:  # a recv silent that long gives the thread back (Hub.idle)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, hub.idle_timeval)
+        sock.setblocking(True)  # reads and writes pass MSG_DONTWAIT
         self.raw = sock
         self.hub = hub
         self.handler = handler
@@ -479,58 +476,57 @@ class Connection(Base):
     # --- the reader thread ----------------------------------------------------------------
 
     def _thread(self) -> None:
-        """The reader's start: greet the handler, then read (see :meth:`_serve`)."""
-        self._serve(None)
-
-    def _serve(self, events: list[Any] | None) -> None:
-        """Read, decode and dispatch until the connection ends or falls idle.
-
-        *events*: what the hub's idle poller decoded before handing the connection
-        back to a thread (None: the connection has just opened). A ``recv`` that
-        waits ``idle_after`` seconds for nothing hands the connection to the poller
-        and lets this thread go (see :meth:`Hub.idle`).
-        """
+        """The connection's first thread: greet the handler, handle what came with the
+        request, then give the socket to the hub's readers (see :meth:`Hub.watch`)."""
         ident = threading.get_ident()
-        hub = self.hub
-        batch = _readers[ident] = _Batch(hub)
-        finished = True
+        batch = _readers[ident] = _Batch(self.hub)
+        alive = False
         try:
-            if events is None:
-                self.handler.on_open(self)
-                if self._trailing:  # sent right behind the request head; already decrypted
-                    data, self._trailing = self._trailing, b""
-                    if not self._receive(data, plain=True):
-                        return
-            elif not self._handle_events(events):
-                return
-            recv = self.raw.recv
-            size = self.receive_bytes
-            dirty = batch.dirty
-            while True:
-                if dirty:  # broadcasts made while handling this batch: send them now
-                    more = self._read_more(recv, size)
-                    batch.flush()
-                    if not more:
-                        break
-                try:
-                    data = recv(size)
-                except BlockingIOError:  # silent for idle_after seconds
-                    if hub.idle(self):
-                        finished = False
-                        return
-                    continue
-                if not data or not self._receive(data):
-                    break
+            self.handler.on_open(self)
+            alive = True
+            if self._trailing:  # sent right behind the request head; already decrypted
+                data, self._trailing = self._trailing, b""
+                alive = self._receive(data, plain=True)
         except OSError:
-            pass  # reset, or shut down by the flusher: the connection is over either way
+            alive = False  # reset, or shut down by the flusher
         except Exception:
             log.exception("connection %s: reader failed", self.id)
+            alive = False
         finally:
             if batch.dirty:
                 batch.flush()
             _readers.pop(ident, None)
-            if finished:
-                self._finish()
+        if not (alive and self.hub.watch(self)):
+            self._finish()
+
+    def _readable(self, batch: _Batch) -> bool:
+        """Read and handle what arrived (a hub reader's call); False: the connection is over.
+
+        When the messages made broadcasts, what has arrived meanwhile is handled too
+        (``_read_more``) before *batch*, the reader's, is sent: so broadcasts of a
+        publisher's calls that arrive faster than they are served leave together.
+        """
+        recv = self.raw.recv
+        size = self.receive_bytes
+        try:
+            data = recv(size, _MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False  # reset, or shut down by the flusher: the connection is over
+        try:
+            if not data or not self._receive(data):
+                return False
+            if batch.dirty:
+                more = self._read_more(recv, size)
+                batch.flush()
+                return more
+            return True
+        except OSError:
+            return False
+        except Exception:
+            log.exception("connection %s: reader failed", self.id)
+            return False
 
     def _read_more(self, recv: Any, size: int) -> bool:
         """Handle what has already arrived too (see MORE_READS); False: stop reading."""
@@ -549,19 +545,15 @@ class Connection(Base):
 
     def _receive(self, data: bytes, plain: bool = False) -> bool:
         """Handle bytes read; False when reading should stop."""
-        events = self._decode(data, plain)
-        return self._handle_events(events) if events else True
-
-    def _decode(self, data: bytes, plain: bool = False) -> list[Any]:
-        """Decrypt (TLS) and decode bytes read into frame events."""
         if self.tls is not None and not plain:
             with self.lock:
                 data, reply = self.tls.decrypt(data)
                 if reply:
                     self._queue_locked(reply, encrypted=True)
             if not data:
-                return []
-        return self.decoder.feed(data)
+                return True
+        events = self.decoder.feed(data)
+        return self._handle_events(events) if events else True
 
     def _handle_events(self, events: Iterable[Any] = ()) -> bool:
         """Act on decoded frame events; False when reading should stop."""
@@ -594,8 +586,8 @@ class Connection(Base):
         (RFC 6455 7.1.1) instead of waiting ``close_timeout`` for a close the peer may
         never send. Only the write side is shut: the reader goes on draining until the
         peer's FIN (closing with unread data would send a reset that can destroy the
-        close frame in flight), and only the flusher closes the fd. With the frame
-        still queued the reader stops instead and the flusher closes once it is out.
+        close frame in flight). With the frame still queued the reader stops instead
+        and the flusher closes once it is out.
         """
         with self.lock:
             if self.out:
@@ -807,16 +799,16 @@ class Hub:
     socket becoming writable, a connection retired by its reader, and every
     ``tick`` to enforce close deadlines and send pings.
 
-    A second thread, the idle poller, watches the sockets of connections that were
-    silent for ``idle_after`` seconds (see :meth:`idle`).
+    The readers (see :meth:`watch`) wait on the hub's epoll for readable
+    connections; the flusher adds one when none has been waiting for ``patience``.
     """
 
     #: Seconds between the flusher's rounds when nothing wakes it: close deadlines, pings,
     #: and broadcasts a reader left queued while its signal kept running after publishing.
     tick = 0.05
-    #: Reader threads kept parked for new connections (see _ReaderThread); the others end,
-    #: trim_per_tick a tick, once no connection has ended for trim_after seconds, so a
-    #: disconnect storm is not slowed down by thousands of threads ending at once.
+    #: Threads kept parked for new connections and readers (see _ReaderThread); the others
+    #: end, trim_per_tick a tick, once no connection has been retired by the flusher for
+    #: trim_after seconds.
     spare_readers = 32
     trim_per_tick = 100
     trim_after = 1.0
@@ -824,7 +816,7 @@ class Hub:
     def __init__(self, *, outbox_limit: int = 1 << 20, max_message_size: int = 1 << 20,
                  ping_interval: float = 25.0, close_timeout: float = 2.0,
                  deflate: bool = False, receive_bytes: int = 65536,
-                 stack_size: int = 512 * 1024, idle_after: float = 1.0):
+                 stack_size: int = 512 * 1024, patience: float = 0.01):
         self.outbox_limit = outbox_limit
         self.max_message_size = max_message_size
         self.ping_interval = ping_interval
@@ -832,9 +824,7 @@ class Hub:
         self.deflate = deflate
         self.receive_bytes = receive_bytes
         self.stack_size = stack_size
-        self.idle_after = idle_after if hasattr(select, "epoll") else 0.0
-        seconds = int(self.idle_after)
-        self.idle_timeval = struct.pack("ll", seconds, int((self.idle_after - seconds) * 1e6))
+        self.patience = patience
         self.connections: set[Connection] = set()
         self.opened = 0
         self.slow_consumers = 0
@@ -861,9 +851,11 @@ class Hub:
         self._last_retired = 0.0
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
-        self._idle: dict[int, Connection] = {}  # fd -> connection, watched by the poller
+        self._watched: dict[int, Connection] = {}  # fd -> connection, in the epoll
         self._epoll: Any = None
-        self._poller: threading.Thread | None = None
+        self._pool_lock = threading.Lock()
+        self._waiting_readers = 0  # readers waiting on the epoll (or about to)
+        self._reader_left = 0.0    # when a reader last stopped waiting to handle something
         self._next_ping = time.monotonic() + ping_interval if ping_interval else float("inf")
 
     # --- registry ---------------------------------------------------------------------
@@ -904,9 +896,25 @@ class Hub:
                 pass  # the pipe is full: the flusher is awake anyway
 
     def retire(self, conn: Connection) -> None:
-        """Hand a connection whose reader ended to the flusher, which closes its socket."""
-        self._retired.append(conn)
-        self.wake()
+        """Close the socket of a connection no reader serves any more.
+
+        With nothing left to send the socket is closed here and now: the peer gets
+        its FIN right behind the close frame. Otherwise (a close frame still queued,
+        the socket waiting for writability) the flusher closes it once that is done.
+        """
+        with conn.lock:
+            closed = not (conn.out or conn.writing or conn in self._registered)
+            if closed:
+                try:
+                    conn.raw.close()
+                except OSError:
+                    pass
+        if closed:
+            with self._lock:
+                self.connections.discard(conn)
+        else:
+            self._retired.append(conn)
+            self.wake()
 
     def closing(self, conn: Connection) -> None:
         """Start the close deadline of a connection that sent its close frame."""
@@ -929,13 +937,10 @@ class Hub:
         self._stopped.clear()
         self._thread = threading.Thread(target=self._run, name="lexicons-flusher", daemon=True)
         self._thread.start()
-        if self.idle_after:
-            self._epoll = select.epoll()
-            self._poll_wake_r, self._poll_wake_w = os.pipe()
-            self._epoll.register(self._poll_wake_r, select.EPOLLIN)
-            self._poller = threading.Thread(target=self._poll, name="lexicons-idle",
-                                            daemon=True)
-            self._poller.start()
+        self._epoll = select.epoll()
+        self._stop_r, self._stop_w = os.pipe()  # readable from stop() on: ends every reader
+        self._epoll.register(self._stop_r, select.EPOLLIN)
+        self._add_reader()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Close every connection (1001), wait for their readers, stop the flusher."""
@@ -954,14 +959,16 @@ class Hub:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
-        if self._poller is not None:
-            os.write(self._poll_wake_w, b"x")
-            self._poller.join(timeout)
-            self._poller = None
+        if self._epoll is not None:
+            os.write(self._stop_w, b"x")
+            deadline = time.monotonic() + timeout
+            while self._waiting_readers and time.monotonic() < deadline:
+                time.sleep(0.01)
             self._epoll.close()
-            os.close(self._poll_wake_r)
-            os.close(self._poll_wake_w)
-        self._idle.clear()
+            self._epoll = None
+            os.close(self._stop_r)
+            os.close(self._stop_w)
+        self._watched.clear()
         for conn in list(self.connections):  # a reader stuck in a signal: close anyway
             self._finalize(conn)
         _ReaderThread.trim(0, len(_ReaderThread._parked))
@@ -969,82 +976,94 @@ class Hub:
         self._wake_r.close()
         self._wake_w.close()
 
-    # --- idle connections -------------------------------------------------------------
+    # --- the readers ------------------------------------------------------------------
 
-    def idle(self, conn: Connection) -> bool:
-        """Take a connection that was silent for ``idle_after`` s off its reader thread.
+    def watch(self, conn: Connection) -> bool:
+        """Give an open connection's socket to the readers; False if the hub is stopping.
 
-        A thread blocked in ``recv`` per connection costs its stack and, when
-        thousands of clients leave at once, a wake-up, a GIL hand-off and a thread
-        switch each: most of a disconnect storm. An idle connection's socket is
-        watched by the poller instead, and its thread parks for other work. The
-        poller answers what needs no handler itself (pings, pongs, a close frame,
-        end-of-file) and hands a connection whose messages arrived back to a reader
-        thread, with the events it decoded. Called by the reader, which must not
-        touch the connection after True; False: it keeps reading itself.
+        A thread blocked in ``recv`` per connection would cost its stack, and every
+        message a wake-up, a switch and a GIL hand-off among dozens of threads, which
+        serve clients in no particular order; when thousands leave at once, thousands
+        of threads wake together. The readers instead take readable connections from
+        one epoll in the order they became readable (see the module doc).
         """
         if self._epoll is None or self._stopped.is_set():
             return False
         fd = conn.raw.fileno()
-        self._idle[fd] = conn
+        self._watched[fd] = conn
         try:
-            self._epoll.register(fd, select.EPOLLIN)
+            self._epoll.register(fd, _ARMED)
         except (OSError, ValueError):
-            self._idle.pop(fd, None)
+            self._watched.pop(fd, None)
             return False
         return True
 
-    def idle_count(self) -> int:
-        """Return how many connections wait in the idle poller, without a thread."""
-        return len(self._idle)
+    def watched(self) -> int:
+        """Return how many connections the readers watch (every open one past on_open)."""
+        return len(self._watched)
 
-    def _poll(self) -> None:
-        """The idle poller's loop (see :meth:`idle`)."""
-        epoll, idle, wake = self._epoll, self._idle, self._poll_wake_r
-        while not self._stopped.is_set():
-            ended: list[Connection] = []
-            for fd, _ in epoll.poll():
-                conn = idle.get(fd)
-                if conn is None:
-                    if fd == wake:
-                        os.read(wake, 64)
-                    continue
-                try:
-                    self._idle_ready(conn, fd, ended)
-                except Exception:  # a bug: end the connection, keep the poller
-                    log.exception("connection %s: idle poller failed", conn.id)
-                    self._unwatch(fd)
-                    ended.append(conn)
-            if ended:  # on_close may run application code: not on the poller
-                _ReaderThread(functools.partial(_finish_all, ended)).start()
+    def readers(self) -> int:
+        """Return how many readers wait for a readable connection now."""
+        return self._waiting_readers
 
-    def _idle_ready(self, conn: Connection, fd: int, ended: list[Connection]) -> None:
-        """Read what an idle connection sent: answer it here or hand it to a thread."""
+    def _add_reader(self) -> None:
+        """Start a reader (on a parked thread if there is one), counted as waiting."""
+        with self._pool_lock:
+            self._waiting_readers += 1
+        _ReaderThread(self._read).start()
+
+    def _read(self) -> None:
+        """A reader: wait for a readable connection, serve it, wait again.
+
+        A reader that finds another one waiting when it is done leaves (its thread
+        parks): readers beyond one exist only while handlers block.
+        """
+        ident = threading.get_ident()
+        batch = _readers[ident] = _Batch(self)
+        epoll, watched = self._epoll, self._watched
         try:
-            data = conn.raw.recv(self.receive_bytes, _MSG_DONTWAIT)
-            if data:
-                events = conn._decode(data)
-                if not events:
-                    return  # part of a frame
-                if conn.state is State.OPEN and any(type(e) in _MESSAGES for e in events):
-                    self._unwatch(fd)
-                    _ReaderThread(functools.partial(conn._serve, events)).start()
-                    return
-                if conn._handle_events(events):
-                    return
-        except BlockingIOError:
-            return
-        except OSError:
-            pass  # reset, or shut down by the flusher: the connection is over
-        self._unwatch(fd)
-        ended.append(conn)
+            while True:
+                try:
+                    ready = epoll.poll(-1, 1)
+                except OSError:  # the epoll was closed: the hub stopped
+                    ready = ()
+                with self._pool_lock:
+                    self._waiting_readers -= 1
+                    self._reader_left = time.monotonic()
+                for fd, _ in ready:
+                    conn = watched.get(fd)
+                    if conn is not None:
+                        self._serve(conn, fd, batch)
+                with self._pool_lock:
+                    if self._waiting_readers or self._stopped.is_set():
+                        return
+                    self._waiting_readers += 1
+        finally:
+            if batch.dirty:
+                batch.flush()
+            _readers.pop(ident, None)
 
-    def _unwatch(self, fd: int) -> None:
-        self._idle.pop(fd, None)
+    def _serve(self, conn: Connection, fd: int, batch: _Batch) -> None:
+        """Handle a readable connection, then re-arm it, or end it."""
+        if conn._readable(batch):
+            try:
+                self._epoll.modify(fd, _ARMED)
+                return
+            except (OSError, ValueError, AttributeError):
+                pass  # the hub stopped meanwhile
+        self._watched.pop(fd, None)
         try:
             self._epoll.unregister(fd)
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             pass
+        conn._finish()
+
+    def _check_readers(self, now: float) -> None:
+        """Start a reader when every reader has been busy for ``patience`` (a handler
+        that blocks must not hold up the other connections)."""
+        if (not self._waiting_readers and now - self._reader_left > self.patience
+                and not self._stopped.is_set()):
+            self._add_reader()
 
     # --- the flusher thread -----------------------------------------------------------
 
@@ -1057,7 +1076,9 @@ class Hub:
                 time.sleep(0.01)
 
     def _turn(self) -> None:
-        for key, _ in self._selector.select(self.tick):
+        # while connections are watched, look at the readers every ``patience``
+        timeout = min(self.tick, self.patience) if self._watched else self.tick
+        for key, _ in self._selector.select(timeout):
             if key.data is None:
                 try:
                     while self._wake_r.recv(4096):
@@ -1084,6 +1105,7 @@ class Hub:
                 self._retire(retired.popleft())
         if self._closing:
             self._enforce_deadlines(now)
+        self._check_readers(now)
         if now - self._last_retired > self.trim_after and _ReaderThread._parked:
             _ReaderThread.trim(self.spare_readers, self.trim_per_tick)
         if now >= self._next_ping:
@@ -1183,6 +1205,9 @@ class Hub:
 
     def _finalize(self, conn: Connection) -> None:
         self._unregister(conn)
+        fd = conn.raw.fileno()
+        if self._watched.get(fd) is conn:  # the hub stops: a reader is stuck in a handler
+            del self._watched[fd]
         with conn.lock:
             conn.writing = False
             conn.out.clear()
@@ -1218,12 +1243,6 @@ class Hub:
             conn.pong_received = False
             conn.push(ping)
         self.wake()
-
-
-def _finish_all(conns: list[Connection]) -> None:
-    """End connections the idle poller saw end (on a reader thread)."""
-    for conn in conns:
-        conn._finish()
 
 
 def widen_futex_hash(slots: int = 1 << 14) -> bool:

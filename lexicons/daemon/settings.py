@@ -357,15 +357,15 @@ declare("CLOSE_TIMEOUT", 2.0, number(0.01),
         "seconds a closing connection has to answer the close frame before it is dropped",
         section="network")
 declare("THREAD_STACK_SIZE", 512 * 1024, integer(65536),
-        "stack size in bytes of each connection's thread (only touched pages use memory)",
+        "stack size in bytes of each reader and connection thread (only touched pages use "
+        "memory)",
         section="network", check=_check_stack_size)
-declare("IDLE_AFTER", 1.0, number(0),
-        "seconds a connection may stay silent before its thread is freed and one poller "
-        "watches it instead (0: every connection keeps its own thread)", section="network")
+declare("READER_PATIENCE", 0.01, number(0.001),
+        "seconds every reader may be busy in handlers before another is started, so a "
+        "call that blocks holds up only its own connection", section="network")
 declare("SWITCH_INTERVAL", 0.1, number(0),
         "seconds a thread may hold Python's GIL while others wait (sys.setswitchinterval; "
-        "0: Python's 0.005); thousands of connection threads waking at once thrash below "
-        "~0.05", section="network")
+        "0: Python's 0.005)", section="network")
 declare("STATIC_DIR", "", PATH, "directory of static files served over plain HTTP",
         section="network")
 
