@@ -9,13 +9,13 @@ with the listener the websocket path ``/ws/`` and the plain HTTP route
 
 Connecting. The listener hands each checked upgrade request to
 :meth:`HighTemplarService.admit`, which completes the upgrade at once. The
-backend is asked on the new connection's own reader thread (``on_open``),
+backend is asked on the new connection's own first thread (``on_open``),
 so a slow or failing backend holds up that client alone: never the
 acceptor, never another client. The client then gets ``{"is_authorized":
 true, "allowed_rooms": [...]}``, or ``{"is_authorized": false}`` and a
 close 1000. Messages it sent meanwhile wait in TCP and are read after.
 
-Messages. Each connection's messages run on its reader thread, in order,
+Messages. Each connection's messages run on the reader serving it, in order,
 through its :class:`~lexicons.hightemplar.Session`. Subscriptions are
 indexed by room key; fan-out reads an immutable snapshot of a room's
 subscriptions (rebuilt after a change) without a lock. A publish encodes

@@ -1025,7 +1025,7 @@ class Hub:
             while True:
                 try:
                     ready = epoll.poll(-1, 1)
-                except OSError:  # the epoll was closed: the hub stopped
+                except (OSError, ValueError):  # the epoll was closed: the hub stopped
                     ready = ()
                 with self._pool_lock:
                     self._waiting_readers -= 1
@@ -1035,7 +1035,8 @@ class Hub:
                     if conn is not None:
                         self._serve(conn, fd, batch)
                 with self._pool_lock:
-                    if self._waiting_readers or self._stopped.is_set():
+                    if self._waiting_readers or self._stopped.is_set() or (
+                            epoll is not self._epoll):  # spare, or the hub was restarted
                         return
                     self._waiting_readers += 1
         finally:

@@ -21,8 +21,8 @@ dropped):
     connection is closed (1008). Every connect filter runs.
 ``data(conn, data) -> str | bytes | None``
     the text (or bytes) of each message a native-protocol connection sends,
-    before it is decoded as JSON; on that connection's reader thread, in the
-    order sent.
+    before it is decoded as JSON; on the reader serving that connection (one at
+    a time), in the order sent.
 ``message(conn, call) -> Call | None``
     each call of a message, decoded and its arguments checked, before its
     signal runs (:class:`lexicons.events.Call`: ``signal``, ``kwargs``,
@@ -90,7 +90,7 @@ class Filter:
 
     Built once per daemon with the service manager (``self.manager``,
     ``self.settings``). Methods of the connection stages run on the
-    connection's reader thread, several connections at once: state shared
+    reader serving the connection, several connections at once: state shared
     between connections needs a lock; state of one connection does not.
     """
 
@@ -469,7 +469,7 @@ class RateLimit(Filter):
         rate, burst, close_after = self._limits
         bucket = getattr(conn, "_rate_bucket", None)
         if bucket is None:
-            bucket = conn._rate_bucket = _Bucket(burst, now)  # one reader thread: no lock
+            bucket = conn._rate_bucket = _Bucket(burst, now)  # one reader at a time: no lock
         tokens = min(burst, bucket.tokens + (now - bucket.last) * rate)
         bucket.last = now
         if tokens >= 1.0:
