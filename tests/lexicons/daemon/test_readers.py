@@ -185,3 +185,34 @@ def test_many_clients_leaving_at_once_are_answered_while_a_newcomer_is_served():
             assert raw.closed_by_server(3)
             raw.close()
         running.wait_connections(0)
+
+
+def test_a_flooding_client_does_not_starve_the_others():
+    """While one client pipelines thousands of calls, another's calls are answered at
+    once: readable connections are served in turn, a read at a time."""
+    with serving(APP) as running:
+        flooder, other = running.raw(), running.raw()
+        count = 3000
+        burst = b"".join(frames.client_frame(frames.OP_TEXT,
+                                             b'{"Echo": {"data": %d}}' % n)
+                         for n in range(count))
+        replies = []
+
+        def drain():
+            for _ in range(count):
+                replies.append(flooder.recv_json(timeout=30))
+
+        reader = threading.Thread(target=drain)
+        reader.start()
+        flooder.sock.sendall(burst)
+        slowest = 0.0
+        for n in range(20):
+            started = time.monotonic()
+            other.call({"Echo": {"data": n}})
+            assert other.recv_json() == [{"Echo": n}]
+            slowest = max(slowest, time.monotonic() - started)
+        reader.join(30)
+        assert replies == [[{"Echo": n}] for n in range(count)]
+        assert slowest < 1.0
+        flooder.close()
+        other.close()
