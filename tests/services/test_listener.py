@@ -111,6 +111,10 @@ def test_503_when_the_connection_limit_is_reached():
         assert status == 503 and "maximum of 3" in json.loads(body)["reason"]
         held.pop().close()
         running.wait_connections(2)
+        listener = running.service("listener")
+        deadline = time.monotonic() + 5  # the refused request counts until its client leaves
+        while listener.info()["handshakes"] and time.monotonic() < deadline:
+            time.sleep(0.01)
         held.append(running.raw())
         for raw in held:
             raw.close()
