@@ -69,6 +69,7 @@ from __future__ import annotations
 import _thread
 import collections
 import enum
+import functools
 import itertools
 import json
 import logging
@@ -517,16 +518,15 @@ class Connection(Base):
         try:
             if not data or not self._receive(data):
                 return False
-            if batch.dirty:
-                more = self._read_more(recv, size)
-                batch.flush()
-                return more
-            return True
+            return self._read_more(recv, size) if batch.dirty else True
         except OSError:
             return False
         except Exception:
             log.exception("connection %s: reader failed", self.id)
             return False
+        finally:
+            if batch.dirty:  # also when the connection ended in this read
+                batch.flush()
 
     def _read_more(self, recv: Any, size: int) -> bool:
         """Handle what has already arrived too (see MORE_READS); False: stop reading."""
@@ -693,7 +693,7 @@ class Connection(Base):
         if self.state is State.OPEN:
             self._set_state(State.CLOSING)
             self.connected = False
-        self.hub.shutdown(self)
+        _shutdown_locked(self)
 
     # --- closing ----------------------------------------------------------------------
 
@@ -922,25 +922,27 @@ class Hub:
         self._closing.append((deadline, conn))
 
     def shutdown(self, conn: Connection) -> None:
-        """Shut a connection's socket down: its reader wakes with end-of-file."""
-        try:
-            conn.raw.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        """Shut a connection's socket down: a reader sees end-of-file.
+
+        Under the connection's lock, which a reader closing the socket holds too:
+        the descriptor of a socket closed meanwhile may already be a new client's.
+        """
+        with conn.lock:
+            _shutdown_locked(conn)
 
     # --- lifecycle --------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the flusher thread."""
+        """Open the epoll, start the first reader, then the flusher (which may add more)."""
         _ReaderThread.stack_size = self.stack_size
         widen_futex_hash()
         self._stopped.clear()
-        self._thread = threading.Thread(target=self._run, name="lexicons-flusher", daemon=True)
-        self._thread.start()
         self._epoll = select.epoll()
         self._stop_r, self._stop_w = os.pipe()  # readable from stop() on: ends every reader
         self._epoll.register(self._stop_r, select.EPOLLIN)
         self._add_reader()
+        self._thread = threading.Thread(target=self._run, name="lexicons-flusher", daemon=True)
+        self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Close every connection (1001), wait for their readers, stop the flusher."""
@@ -964,8 +966,9 @@ class Hub:
             deadline = time.monotonic() + timeout
             while self._waiting_readers and time.monotonic() < deadline:
                 time.sleep(0.01)
-            self._epoll.close()
-            self._epoll = None
+            with self._pool_lock:
+                self._epoll.close()
+                self._epoll = None
             os.close(self._stop_r)
             os.close(self._stop_w)
         self._watched.clear()
@@ -987,15 +990,16 @@ class Hub:
         of threads wake together. The readers instead take readable connections from
         one epoll in the order they became readable (see the module doc).
         """
-        if self._epoll is None or self._stopped.is_set():
-            return False
         fd = conn.raw.fileno()
-        self._watched[fd] = conn
-        try:
-            self._epoll.register(fd, _ARMED)
-        except (OSError, ValueError):
-            self._watched.pop(fd, None)
-            return False
+        with self._pool_lock:  # stop() closes the epoll under it
+            if self._epoll is None or self._stopped.is_set():
+                return False
+            self._watched[fd] = conn
+            try:
+                self._epoll.register(fd, _ARMED)
+            except (OSError, ValueError):
+                self._watched.pop(fd, None)
+                return False
         return True
 
     def watched(self) -> int:
@@ -1007,28 +1011,42 @@ class Hub:
         return self._waiting_readers
 
     def _add_reader(self) -> None:
-        """Start a reader (on a parked thread if there is one), counted as waiting."""
+        """Start a reader (on a parked thread if there is one), counted as waiting.
+
+        Counted before it runs, so that the flusher does not start a second one
+        meanwhile; uncounted again if no thread could be started (the flusher tries
+        again a turn later).
+        """
+        epoll = self._epoll
         with self._pool_lock:
             self._waiting_readers += 1
-        _ReaderThread(self._read).start()
+        try:
+            _ReaderThread(functools.partial(self._read, epoll)).start()
+        except BaseException:
+            with self._pool_lock:
+                self._waiting_readers -= 1
+            raise
 
-    def _read(self) -> None:
-        """A reader: wait for a readable connection, serve it, wait again.
+    def _read(self, epoll: Any) -> None:
+        """A reader: wait on *epoll* for a readable connection, serve it, wait again.
 
-        A reader that finds another one waiting when it is done leaves (its thread
-        parks): readers beyond one exist only while handlers block.
+        It counts in ``_waiting_readers`` while it waits (from before it starts: see
+        _add_reader). A reader that finds another one waiting when it is done leaves
+        (its thread parks): readers beyond one exist only while handlers block.
         """
         ident = threading.get_ident()
         batch = _readers[ident] = _Batch(self)
-        epoll, watched = self._epoll, self._watched
+        watched = self._watched
+        counted = True
         try:
             while True:
                 try:
                     ready = epoll.poll(-1, 1)
-                except (OSError, ValueError):  # the epoll was closed: the hub stopped
+                except (OSError, ValueError, AttributeError):  # closed: the hub stopped
                     ready = ()
                 with self._pool_lock:
                     self._waiting_readers -= 1
+                    counted = False
                     self._reader_left = time.monotonic()
                 for fd, _ in ready:
                     conn = watched.get(fd)
@@ -1039,7 +1057,11 @@ class Hub:
                             epoll is not self._epoll):  # spare, or the hub was restarted
                         return
                     self._waiting_readers += 1
+                    counted = True
         finally:
+            if counted:  # left by an exception while counted as waiting
+                with self._pool_lock:
+                    self._waiting_readers -= 1
             if batch.dirty:
                 batch.flush()
             _readers.pop(ident, None)
@@ -1058,6 +1080,8 @@ class Hub:
         except (OSError, ValueError, AttributeError):
             pass
         conn._finish()
+        if batch.dirty:  # what on_close broadcast (a member left)
+            batch.flush()
 
     def _check_readers(self, now: float) -> None:
         """Start a reader when every reader has been busy for ``patience`` (a handler
@@ -1244,6 +1268,14 @@ class Hub:
             conn.pong_received = False
             conn.push(ping)
         self.wake()
+
+
+def _shutdown_locked(conn: Connection) -> None:
+    """Shut *conn*'s socket down unless it is closed already. Needs conn.lock."""
+    try:
+        conn.raw.shutdown(socket.SHUT_RDWR)  # a closed socket's fd is -1: EBADF
+    except OSError:
+        pass
 
 
 def widen_futex_hash(slots: int = 1 << 14) -> bool:

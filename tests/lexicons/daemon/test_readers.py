@@ -216,3 +216,56 @@ def test_a_flooding_client_does_not_starve_the_others():
         assert slowest < 1.0
         flooder.close()
         other.close()
+
+
+def test_a_reader_that_cannot_start_is_tried_again(monkeypatch, caplog):
+    """When no thread can be started for a second reader while a call blocks the first,
+    the reader count stays true: the next try serves the others, and afterwards one
+    reader waits again."""
+    from lexicons.daemon.connection import _ReaderThread
+
+    real_start = _ReaderThread.start
+    failures = []
+
+    def start(self):
+        func = getattr(self.target, "func", None)
+        if getattr(func, "__name__", "") == "_read" and not failures:
+            failures.append(self)
+            raise RuntimeError("can't start new thread")
+        return real_start(self)
+
+    RELEASE.clear()
+    with serving(APP, READER_PATIENCE=0.01) as running:
+        blocked, other = running.raw(), running.raw()
+        wait_for(lambda: hub(running).watched() == 2, what="both connections watched")
+        monkeypatch.setattr(_ReaderThread, "start", start)
+        blocked.call({"Wait": {}})
+        other.call({"Echo": {"data": "meanwhile"}})
+        assert other.recv_json() == [{"Echo": "meanwhile"}]
+        assert failures
+        RELEASE.set()
+        assert blocked.recv_json() == [{"Wait": True}]
+        wait_for(lambda: hub(running).readers() == 1, what="one reader waiting")
+        for n in range(3):
+            other.call({"Echo": {"data": n}})
+            assert other.recv_json() == [{"Echo": n}]
+        blocked.close()
+        other.close()
+
+
+def test_a_broadcast_leaves_at_once_when_its_sender_closes_in_the_same_read():
+    """A publish and a close frame read together: the broadcast goes out with the reader's
+    batch, not a flusher round later."""
+    with serving(APP) as running:
+        subscriber, publisher = running.raw(), running.raw()
+        subscriber.call({"Subscribe": {"channel": "news"}})
+        assert subscriber.recv_json() == [{"Subscribe": "news"}]
+        hub(running).tick = 30.0  # the flusher's round for left-over batches: far away
+        publisher.sock.sendall(
+            frames.client_frame(frames.OP_TEXT,
+                                b'{"Publish": {"channel": "news", "data": "bye"}}')
+            + frames.client_frame(frames.OP_CLOSE, struct.pack("!H", 1000)))
+        assert subscriber.recv_json(timeout=5) == [{"Publish": "bye"}]
+        assert publisher.expect_close() == (1000, "")
+        publisher.close()
+        subscriber.close()
