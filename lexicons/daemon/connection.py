@@ -1051,7 +1051,7 @@ class Hub:
                 for fd, _ in ready:
                     conn = watched.get(fd)
                     if conn is not None:
-                        self._serve(conn, fd, batch)
+                        self._serve(conn, fd, batch, epoll)
                 with self._pool_lock:
                     if self._waiting_readers or self._stopped.is_set() or (
                             epoll is not self._epoll):  # spare, or the hub was restarted
@@ -1066,18 +1066,18 @@ class Hub:
                 batch.flush()
             _readers.pop(ident, None)
 
-    def _serve(self, conn: Connection, fd: int, batch: _Batch) -> None:
-        """Handle a readable connection, then re-arm it, or end it."""
+    def _serve(self, conn: Connection, fd: int, batch: _Batch, epoll: Any) -> None:
+        """Handle a readable connection, then re-arm it in *epoll*, or end it."""
         if conn._readable(batch):
             try:
-                self._epoll.modify(fd, _ARMED)
+                epoll.modify(fd, _ARMED)
                 return
-            except (OSError, ValueError, AttributeError):
+            except (OSError, ValueError):
                 pass  # the hub stopped meanwhile
         self._watched.pop(fd, None)
         try:
-            self._epoll.unregister(fd)
-        except (OSError, ValueError, AttributeError):
+            epoll.unregister(fd)
+        except (OSError, ValueError):
             pass
         conn._finish()
         if batch.dirty:  # what on_close broadcast (a member left)
